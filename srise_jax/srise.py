@@ -1,0 +1,440 @@
+"""The S-RISE kernel: similarity-weighted random masks explain a face-verification pair.
+
+For a pair (a, b) and masks M_i, S-RISE embeds the masked image a * M_i (b kept
+intact), weighs M_i by the cosine similarity s_i of that embedding to b's, and
+sums: H_a = sum_i s_i M_i; then the same with the roles swapped (paper section
+3.2.2). A triplet (probe, mate, nonmate) is explained as two independent pairs.
+
+Everything here is a pure function of (embed_fn, params, images, masks or key,
+options): the user jits at the boundary with `embed_fn` and the options static,
+e.g. `jax.jit(srise_triplet, static_argnames=("embed_fn", "config"))`. Masks
+and masked images are made chunk by chunk inside one `lax.map`, so memory is
+O(batch_size), not O(num_masks); with a `mesh`, the chunks are split over its
+devices with `jax.shard_map` and the partial sums reduced with `psum`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from srise_jax import masks as masks_lib
+
+EmbedFn = Callable[[object, jax.Array], jax.Array]
+_NORMALIZE = ("coverage", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class SRiseConfig:
+    """Options of `srise_triplet` (hashable: pass it as a static argument).
+
+    Defaults reproduce the paper (section 4.1.2): 500 masks of 100 Gaussian
+    patches (kernel 40, sigma 7), a fresh set of masks for each pair.
+
+    Attributes:
+      num_masks: N, masks per pair.
+      num_patches: Gaussian patches per mask.
+      kernel_size: truncation window of each patch, in pixels.
+      sigma: standard deviation of each patch, in pixels.
+      batch_size: masked images per `embed_fn` call (and masks per chunk).
+      fill: value of the masked-out pixels (scalar, or one value per channel).
+      normalize: "coverage" for sum_i s_i M_i / sum_i M_i (RISE's estimator,
+        free of the masks' border bias), "none" for the paper's plain sum.
+      share_probe_masks: if True, both pairs use the same masks and the
+        probe's masked embeddings serve both (3N forward passes instead of 4N);
+        the mate pair's maps are then identical to the default's.
+    """
+
+    num_masks: int = 500
+    num_patches: int = 100
+    kernel_size: int = 40
+    sigma: float = 7.0
+    batch_size: int = 64
+    fill: float | tuple[float, float, float] = 0.0
+    normalize: str = "coverage"
+    share_probe_masks: bool = False
+
+    def __post_init__(self):
+        if self.num_masks < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"num_masks and batch_size must be >= 1, got {self.num_masks} "
+                f"and {self.batch_size}")
+        _check_normalize(self.normalize)
+
+
+class PairSaliency(NamedTuple):
+    """S-RISE explanation of one pair (a, b).
+
+    Attributes:
+      saliency_a: Float[Array, "h w"], a masked, b intact.
+      saliency_b: Float[Array, "h w"], b masked, a intact.
+      scores_a: Float[Array, "n"], cos(embed(a * M_i), embed(b)) per mask.
+      scores_b: Float[Array, "n"], cos(embed(b * M_i), embed(a)) per mask.
+      similarity: Float[Array, ""], cos(embed(a), embed(b)), unmasked.
+    """
+
+    saliency_a: jax.Array
+    saliency_b: jax.Array
+    scores_a: jax.Array
+    scores_b: jax.Array
+    similarity: jax.Array
+
+
+class TripletSaliency(NamedTuple):
+    """S-RISE explanation of a triplet: (probe, mate) and (probe, nonmate).
+
+    In both pairs `a` is the probe: `mate.saliency_a` is the probe's map for
+    the mate pair, `mate.saliency_b` the mate's map, and likewise `nonmate`.
+    """
+
+    mate: PairSaliency
+    nonmate: PairSaliency
+
+
+class SaliencySums(NamedTuple):
+    """Partial sums over a range of masks; add them, then `finalize_pair`.
+
+    Attributes:
+      weighted: Float[Array, "j h w"], sum_i s_ji M_i for each job j.
+      coverage: Float[Array, "h w"], sum_i M_i.
+      scores: Float[Array, "j n"], s_ji for the masks of the range.
+    """
+
+    weighted: jax.Array
+    coverage: jax.Array
+    scores: jax.Array
+
+
+def _check_normalize(normalize: str) -> None:
+    if normalize not in _NORMALIZE:
+        raise ValueError(
+            f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _apply_mask(image: jax.Array, masks: jax.Array, fill) -> jax.Array:
+    """image (H,W,C), masks (B,H,W) -> (B,H,W,C): image * m + fill * (1 - m)."""
+    m = masks[..., None].astype(image.dtype)
+    fill = jnp.asarray(fill, image.dtype)
+    return image[None] * m + fill * (1.0 - m)
+
+
+def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
+          job_targets: tuple[int, ...], sources: jax.Array, valid: jax.Array,
+          make_masks: Callable[[jax.Array], jax.Array], batch_size: int,
+          fill) -> SaliencySums:
+    """Weighted mask sums for every job over `sources` (one chunk per step).
+
+    Args:
+      targets: (T, H, W, C) images that get masked, each embedded once per mask.
+      ref_units: (J, D) unit reference embedding of each job.
+      job_targets: for each job, the index of its masked target.
+      sources: (C * batch_size, ...) per-mask inputs of `make_masks` (keys or
+        the masks themselves), C chunks.
+      valid: (C * batch_size,) 1 for real masks, 0 for padding.
+      make_masks: per-chunk inputs -> (batch_size, H, W) masks.
+    """
+    height, width = targets.shape[1:3]
+    num_chunks = valid.shape[0] // batch_size
+    chunked = jax.tree.map(
+        lambda x: x.reshape((num_chunks, batch_size) + x.shape[1:]), sources)
+    valid = valid.reshape(num_chunks, batch_size)
+
+    def chunk(carry, inputs):
+        weighted, coverage = carry
+        source, ok = inputs
+        m = make_masks(source).astype(jnp.float32) * ok[:, None, None]
+        units = [_unit(embed_fn(params, _apply_mask(t, m, fill)))
+                 for t in targets]
+        # scores[j, i] = cos(embed(target_j * M_i), reference_j)
+        scores = jnp.stack([units[t] @ ref_units[j]
+                            for j, t in enumerate(job_targets)])
+        flat = m.reshape(batch_size, height * width)
+        # Padding masks are all zero, so they add nothing to either sum.
+        weighted = weighted + scores @ flat
+        coverage = coverage + flat.sum(0)
+        return (weighted, coverage), scores
+
+    init = (jnp.zeros((len(job_targets), height * width), jnp.float32),
+            jnp.zeros((height * width,), jnp.float32))
+    (weighted, coverage), scores = jax.lax.scan(chunk, init, (chunked, valid))
+    scores = jnp.moveaxis(scores, 1, 0).reshape(len(job_targets), -1)
+    return SaliencySums(weighted.reshape(-1, height, width),
+                        coverage.reshape(height, width), scores)
+
+
+def _pad_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
+         batch_size: int, fill, mesh: Mesh | None) -> tuple[SaliencySums,
+                                                             jax.Array]:
+    """Reference embeddings, then the mask sums, on one device or a mesh.
+
+    `pairs` lists jobs as (masked target index, reference target index).
+    Returns the sums (padding removed from the scores) and the (T, D) unit
+    embeddings of the unmasked targets.
+    """
+    units = _unit(embed_fn(params, targets))
+    ref_units = jnp.stack([units[r] for _, r in pairs])
+    job_targets = tuple(t for t, _ in pairs)
+    num = jax.tree.leaves(sources)[0].shape[0]
+    devices = 1 if mesh is None else mesh.size
+    padded = _pad_to(num, batch_size * devices)
+    index = jnp.arange(padded) % num
+    sources = jax.tree.map(lambda x: x[index], sources)
+    valid = (jnp.arange(padded) < num).astype(jnp.float32)
+    body = functools.partial(_sums, embed_fn, params, targets, ref_units,
+                             job_targets, make_masks=make_masks,
+                             batch_size=batch_size, fill=fill)
+    if mesh is None:
+        sums = body(sources, valid)
+    else:
+        axes = tuple(mesh.axis_names)
+
+        def per_device(src, ok):
+            s = body(src, ok)
+            return SaliencySums(jax.lax.psum(s.weighted, axes),
+                                jax.lax.psum(s.coverage, axes), s.scores)
+
+        sharded = jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(axes), P(axes)),
+            out_specs=SaliencySums(P(), P(), P(None, axes)),
+            # The scan's zero carry is device-invariant, its updates vary per
+            # device; the psum above makes the outputs invariant again.
+            check_vma=False)
+        sums = sharded(*(_split_over(x, mesh, axes) for x in (sources, valid)))
+    return sums._replace(scores=sums.scores[:, :num]), units
+
+
+def _split_over(x: jax.Array, mesh: Mesh, axes: tuple[str, ...]) -> jax.Array:
+    """Lay `x`'s leading axis over the mesh axes.
+
+    An explicit-axes mesh (`jax.make_mesh`'s default) wants inputs that are
+    already sharded as `in_specs` says; on an auto-axes mesh `shard_map`
+    reshards by itself.
+    """
+    if all(t == AxisType.Explicit for t in mesh.axis_types):
+        return jax.reshard(x, NamedSharding(mesh, P(axes)))
+    return x
+
+
+def _finalize(weighted: jax.Array, coverage: jax.Array, scores: jax.Array,
+              normalize: str) -> jax.Array:
+    if normalize == "none":
+        return weighted
+    # A pixel no mask touched carries no information: give it the mean score.
+    mean = scores.mean(-1)[:, None, None]
+    return jnp.where(coverage > 0, weighted / jnp.where(coverage > 0, coverage,
+                                                        1.0), mean)
+
+
+def _pair_from(sums: SaliencySums, units: jax.Array, jobs: tuple[int, int],
+               normalize: str, a: int, b: int) -> PairSaliency:
+    maps = _finalize(sums.weighted, sums.coverage, sums.scores, normalize)
+    ja, jb = jobs
+    return PairSaliency(maps[ja], maps[jb], sums.scores[ja], sums.scores[jb],
+                        units[a] @ units[b])
+
+
+def _check_images(*images: jax.Array) -> None:
+    shapes = {tuple(x.shape) for x in images}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(
+            "images must be single (H, W, C) arrays of one shape, got shapes "
+            f"{[tuple(x.shape) for x in images]}")
+
+
+def srise_pair(
+    embed_fn: EmbedFn,
+    params,
+    image_a: jax.Array,
+    image_b: jax.Array,
+    masks: jax.Array,
+    *,
+    batch_size: int = 64,
+    fill=0.0,
+    normalize: str = "coverage",
+    mesh: Mesh | None = None,
+) -> PairSaliency:
+    """S-RISE saliency maps of both images of a pair, with given masks.
+
+    A mask is applied to one image at a time (paper 3.2.2): `saliency_a` comes
+    from a * M_i against intact b, `saliency_b` from b * M_i against intact a.
+
+    Args:
+      embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
+      params: the model's parameter pytree.
+      image_a: Float[Array, "h w 3"] RGB in [0, 1].
+      image_b: Float[Array, "h w 3"].
+      masks: Float[Array, "n h w"] in [0, 1], e.g. `gaussian_masks(key, n)`.
+      batch_size: masked images per `embed_fn` call.
+      fill: value of masked-out pixels (scalar or per channel).
+      normalize: "coverage" (sum s_i M_i / sum M_i) or "none" (plain sum).
+      mesh: if given, the masks are split over all of its devices.
+
+    Returns:
+      PairSaliency.
+
+    References:
+      Lu et al., S-RISE, section 3.2.2.
+    """
+    _check_normalize(normalize)
+    _check_images(image_a, image_b)
+    if masks.ndim != 3 or masks.shape[1:] != image_a.shape[:2]:
+        raise ValueError(f"masks must be (N, {image_a.shape[0]}, "
+                         f"{image_a.shape[1]}), got {tuple(masks.shape)}")
+    targets = jnp.stack([image_a, image_b])
+    sums, units = _run(embed_fn, params, targets, ((0, 1), (1, 0)), masks,
+                       lambda m: m, batch_size=batch_size, fill=fill,
+                       mesh=mesh)
+    return _pair_from(sums, units, (0, 1), normalize, 0, 1)
+
+
+def _mask_maker(config: SRiseConfig, shape: tuple[int, int]):
+    return jax.vmap(functools.partial(
+        masks_lib.gaussian_mask, shape=shape, num_patches=config.num_patches,
+        kernel_size=config.kernel_size, sigma=config.sigma))
+
+
+def triplet_sums(
+    embed_fn: EmbedFn,
+    params,
+    probe: jax.Array,
+    mate: jax.Array,
+    nonmate: jax.Array,
+    key: jax.Array,
+    config: SRiseConfig = SRiseConfig(),
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    mesh: Mesh | None = None,
+) -> tuple[SaliencySums, ...]:
+    """Partial S-RISE sums of a triplet over masks [start, stop) of N.
+
+    The building block of `srise_triplet` for callers that want to report
+    progress or checkpoint between chunks (the CLI does): summing the
+    `SaliencySums` of consecutive ranges and passing them to
+    `finalize_triplet` gives the maps of one full run, because mask i is made
+    from `jax.random.split(pair_key, N)[i]` whatever the range.
+
+    Returns:
+      One `SaliencySums` per mask set: (mate, nonmate) jobs; or a single one
+      over the shared masks when `config.share_probe_masks`.
+    """
+    _check_images(probe, mate, nonmate)
+    stop = config.num_masks if stop is None else stop
+    if not 0 <= start < stop <= config.num_masks:
+        raise ValueError(f"need 0 <= start < stop <= num_masks, got {start}, "
+                         f"{stop}, {config.num_masks}")
+    make = _mask_maker(config, probe.shape[:2])
+    run = functools.partial(_run, embed_fn, params, make_masks=make,
+                            batch_size=config.batch_size, fill=config.fill,
+                            mesh=mesh)
+    key_mate, key_nonmate = jax.random.split(key)
+    keys = lambda k: jax.random.split(k, config.num_masks)[start:stop]
+    if config.share_probe_masks:
+        targets = jnp.stack([probe, mate, nonmate])
+        sums, _ = run(targets, ((0, 1), (1, 0), (0, 2), (2, 0)),
+                      keys(key_mate))
+        return (sums,)
+    sums_mate, _ = run(jnp.stack([probe, mate]), ((0, 1), (1, 0)),
+                       keys(key_mate))
+    sums_nonmate, _ = run(jnp.stack([probe, nonmate]), ((0, 1), (1, 0)),
+                          keys(key_nonmate))
+    return sums_mate, sums_nonmate
+
+
+def add_sums(x: SaliencySums, y: SaliencySums) -> SaliencySums:
+    """Combine the sums of two consecutive mask ranges."""
+    return SaliencySums(x.weighted + y.weighted, x.coverage + y.coverage,
+                        jnp.concatenate([x.scores, y.scores], axis=-1))
+
+
+def finalize_triplet(
+    embed_fn: EmbedFn,
+    params,
+    probe: jax.Array,
+    mate: jax.Array,
+    nonmate: jax.Array,
+    sums: tuple[SaliencySums, ...],
+    *,
+    normalize: str = "coverage",
+) -> TripletSaliency:
+    """Turn the summed `triplet_sums` of all N masks into a `TripletSaliency`."""
+    _check_normalize(normalize)
+    units = _unit(embed_fn(params, jnp.stack([probe, mate, nonmate])))
+    if len(sums) == 1:
+        (shared,) = sums
+        return TripletSaliency(
+            _pair_from(shared, units, (0, 1), normalize, 0, 1),
+            _pair_from(shared, units, (2, 3), normalize, 0, 2))
+    sums_mate, sums_nonmate = sums
+    return TripletSaliency(
+        _pair_from(sums_mate, units, (0, 1), normalize, 0, 1),
+        _pair_from(sums_nonmate, units, (0, 1), normalize, 0, 2))
+
+
+def srise_triplet(
+    embed_fn: EmbedFn,
+    params,
+    probe: jax.Array,
+    mate: jax.Array,
+    nonmate: jax.Array,
+    key: jax.Array,
+    config: SRiseConfig = SRiseConfig(),
+    *,
+    mesh: Mesh | None = None,
+) -> TripletSaliency:
+    """S-RISE maps of a triplet: the (probe, mate) and (probe, nonmate) pairs.
+
+    Masks are generated inside the compiled loop from `key` (mate pair from
+    `split(key)[0]`, nonmate pair from `split(key)[1]`, mask i of a pair from
+    `split(pair_key, N)[i]`), so `srise_triplet` equals `srise_pair` with
+    `gaussian_masks(split(key)[0], N)` for the mate pair. Jit it with
+    `embed_fn` and `config` static.
+
+    Args:
+      embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
+      params: the model's parameter pytree.
+      probe, mate, nonmate: Float[Array, "h w 3"] RGB in [0, 1].
+      key: a `jax.random` key.
+      config: `SRiseConfig`.
+      mesh: if given, the masks are split over all of its devices.
+
+    Returns:
+      TripletSaliency; `normalize_jointly` scales its maps for display.
+
+    References:
+      Lu et al., S-RISE, section 3.2.2 (steps 1-7).
+    """
+    sums = triplet_sums(embed_fn, params, probe, mate, nonmate, key, config,
+                        mesh=mesh)
+    return finalize_triplet(embed_fn, params, probe, mate, nonmate, sums,
+                            normalize=config.normalize)
+
+
+def normalize_jointly(triplet: TripletSaliency) -> TripletSaliency:
+    """Scale a triplet's four maps to [0, 1] with ONE shared offset and scale.
+
+    A shared scale keeps the non-match maps "shallower" than the match maps
+    when the model finds the non-match less similar, as in the paper's Fig. 3;
+    per-map normalization would hide exactly that.
+    """
+    maps = jnp.stack([triplet.mate.saliency_a, triplet.mate.saliency_b,
+                      triplet.nonmate.saliency_a, triplet.nonmate.saliency_b])
+    low, high = maps.min(), maps.max()
+    scaled = (maps - low) / jnp.maximum(high - low, 1e-12)
+    return TripletSaliency(
+        triplet.mate._replace(saliency_a=scaled[0], saliency_b=scaled[1]),
+        triplet.nonmate._replace(saliency_a=scaled[2], saliency_b=scaled[3]))

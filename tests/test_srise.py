@@ -1,0 +1,256 @@
+"""The S-RISE kernel: planted models, a NumPy reference, and jit/vmap/mesh invariance."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import region_embed
+from srise_jax import masks as masks_lib
+from srise_jax import srise
+
+SMALL = srise.SRiseConfig(num_masks=96, num_patches=6, kernel_size=9,
+                          sigma=2.5, batch_size=16)
+
+
+def small_masks(key, n, shape=(32, 32)):
+    return masks_lib.gaussian_masks(key, n, shape, num_patches=SMALL.num_patches,
+                                    kernel_size=SMALL.kernel_size,
+                                    sigma=SMALL.sigma)
+
+
+def reference_pair(embed_fn, params, a, b, masks, fill=0.0):
+    """Independent NumPy loop, one masked image at a time (paper 3.2.2)."""
+    def unit(e):
+        e = np.asarray(e, np.float64)[0]
+        return e / np.linalg.norm(e)
+
+    ea, eb = unit(embed_fn(params, a[None])), unit(embed_fn(params, b[None]))
+    out = {}
+    for name, img, ref in (("a", a, eb), ("b", b, ea)):
+        scores = []
+        for m in np.asarray(masks):
+            masked = np.asarray(img) * m[..., None] + fill * (1 - m[..., None])
+            scores.append(unit(embed_fn(params, jnp.asarray(masked)[None])) @ ref)
+        scores = np.array(scores)
+        plain = np.tensordot(scores, np.asarray(masks, np.float64), 1)
+        out[name] = (scores, plain, plain / np.asarray(masks).sum(0))
+    return out, ea @ eb
+
+
+def test_planted_region_dominates_top_pixels(key, planted_region):
+    embed_fn, params, (y0, y1, x0, x1), probe, mate = planted_region
+    nonmate = jnp.flip(probe, 0)
+    config = srise.SRiseConfig(num_masks=500, num_patches=6, kernel_size=9,
+                               sigma=2.5, batch_size=50)
+    out = jax.jit(srise.srise_triplet, static_argnums=(0, 6))(
+        embed_fn, params, probe, mate, nonmate, key, config)
+    inside = np.zeros((32, 32), bool)
+    inside[y0:y1, x0:x1] = True
+    size = inside.sum()
+    for saliency in (out.mate.saliency_a, out.mate.saliency_b):
+        top = np.argsort(-np.asarray(saliency).ravel(), kind="stable")[:size]
+        assert inside.ravel()[top].mean() >= 0.8
+
+
+def test_image_independent_embedding_gives_flat_map(key):
+    def constant_embed(params, images):
+        return jnp.broadcast_to(params, (images.shape[0], 4)) + 0 * images.sum()
+
+    params = jnp.array([1.0, 2.0, 0.5, -1.0])
+    image = jax.random.uniform(key, (32, 32, 3))
+    out = srise.srise_pair(constant_embed, params, image, image[::-1],
+                           small_masks(key, 64))
+    for saliency in (out.saliency_a, out.saliency_b):
+        s = np.asarray(saliency)
+        assert s.max() - s.min() <= 1e-5 * abs(s.mean())
+
+
+def test_pair_matches_numpy_reference(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    masks = small_masks(key, 40)
+    fill = 0.3
+    for normalize, index in (("none", 1), ("coverage", 2)):
+        # 40 masks in chunks of 16: the last chunk is padded.
+        got = srise.srise_pair(embed_fn, params, probe, mate, masks,
+                               batch_size=16, fill=fill, normalize=normalize)
+        want, similarity = reference_pair(embed_fn, params, probe, mate, masks,
+                                          fill)
+        np.testing.assert_allclose(got.scores_a, want["a"][0], atol=1e-5)
+        np.testing.assert_allclose(got.scores_b, want["b"][0], atol=1e-5)
+        np.testing.assert_allclose(got.saliency_a, want["a"][index], rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_allclose(got.saliency_b, want["b"][index], rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_allclose(got.similarity, similarity, atol=1e-6)
+
+
+def test_triplet_mask_keys_and_shared_probe_masks(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    nonmate = jnp.flip(mate, 1)
+    out = srise.srise_triplet(embed_fn, params, probe, mate, nonmate, key,
+                              SMALL)
+    key_mate, key_nonmate = jax.random.split(key)
+    for pair, pair_key, other in ((out.mate, key_mate, mate),
+                                  (out.nonmate, key_nonmate, nonmate)):
+        direct = srise.srise_pair(embed_fn, params, probe, other,
+                                  small_masks(pair_key, SMALL.num_masks),
+                                  batch_size=SMALL.batch_size)
+        for got, want in zip(pair, direct):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    shared = srise.srise_triplet(
+        embed_fn, params, probe, mate, nonmate, key,
+        srise.SRiseConfig(**{**SMALL.__dict__, "share_probe_masks": True}))
+    for got, want in zip(shared.mate, out.mate):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The nonmate pair now reuses the mate pair's masks, so its maps change.
+    assert not np.allclose(shared.nonmate.saliency_a, out.nonmate.saliency_a)
+    direct = srise.srise_pair(embed_fn, params, probe, nonmate,
+                              small_masks(key_mate, SMALL.num_masks),
+                              batch_size=SMALL.batch_size)
+    np.testing.assert_allclose(shared.nonmate.saliency_a, direct.saliency_a,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_jit_equals_eager_and_same_key_same_maps(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    nonmate = 1.0 - probe
+    run = lambda k: srise.srise_triplet(embed_fn, params, probe, mate, nonmate,
+                                        k, SMALL)
+    jitted = jax.jit(srise.srise_triplet, static_argnums=(0, 6))
+    eager = run(key)
+    for got, want in zip(jax.tree.leaves(jitted(embed_fn, params, probe, mate,
+                                                nonmate, key, SMALL)),
+                         jax.tree.leaves(eager)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(run(key)), jax.tree.leaves(eager)):
+        np.testing.assert_array_equal(got, want)
+    other = run(jax.random.key(7))
+    assert not np.allclose(other.mate.saliency_a, eager.mate.saliency_a)
+
+
+def test_vmap_over_pairs_equals_separate_calls(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    images_a = jnp.stack([probe, mate, 1.0 - probe])
+    images_b = jnp.stack([mate, probe, probe])
+    masks = small_masks(key, 48)
+    pair = lambda a, b: srise.srise_pair(embed_fn, params, a, b, masks,
+                                         batch_size=16)
+    batched = jax.jit(jax.vmap(pair))(images_a, images_b)
+    for i in range(3):
+        single = pair(images_a[i], images_b[i])
+        for got, want in zip(batched, single):
+            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_ranges_sum_to_the_full_run(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    nonmate = 1.0 - probe
+    full = srise.srise_triplet(embed_fn, params, probe, mate, nonmate, key,
+                               SMALL)
+    parts = [srise.triplet_sums(embed_fn, params, probe, mate, nonmate, key,
+                                SMALL, start=s, stop=min(s + 40, 96))
+             for s in range(0, 96, 40)]
+    total = parts[0]
+    for part in parts[1:]:
+        total = tuple(srise.add_sums(x, y) for x, y in zip(total, part))
+    out = srise.finalize_triplet(embed_fn, params, probe, mate, nonmate, total)
+    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(full)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_is_independent_of_num_masks(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+
+    def temp_bytes(num_masks):
+        config = srise.SRiseConfig(num_masks=num_masks, num_patches=6,
+                                   kernel_size=9, sigma=2.5, batch_size=16)
+        fn = jax.jit(lambda k: srise.srise_triplet(
+            embed_fn, params, probe, mate, mate, k, config))
+        analysis = fn.lower(key).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("this backend reports no memory analysis")
+        return analysis.temp_size_in_bytes
+
+    small, large = temp_bytes(64), temp_bytes(4096)
+    # Only the (N,) score vectors and the N keys grow; no N x H x W buffer.
+    assert large - small < 4096 * 32 * 32 * 4 / 8
+
+
+def test_normalize_jointly_uses_one_scale(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    out = srise.srise_triplet(embed_fn, params, probe, mate, 1.0 - probe, key,
+                              SMALL)
+    scaled = srise.normalize_jointly(out)
+    maps = [out.mate.saliency_a, out.mate.saliency_b, out.nonmate.saliency_a,
+            out.nonmate.saliency_b]
+    new = [scaled.mate.saliency_a, scaled.mate.saliency_b,
+           scaled.nonmate.saliency_a, scaled.nonmate.saliency_b]
+    low = min(float(m.min()) for m in maps)
+    high = max(float(m.max()) for m in maps)
+    for m, n in zip(maps, new):
+        np.testing.assert_allclose(n, (m - low) / (high - low), atol=1e-6)
+    assert min(float(n.min()) for n in new) == 0.0
+    assert max(float(n.max()) for n in new) == 1.0
+
+
+def test_bad_arguments_raise_clear_errors(key, planted_region):
+    embed_fn, params, _, probe, mate = planted_region
+    with pytest.raises(ValueError, match="normalize"):
+        srise.SRiseConfig(normalize="sum")
+    with pytest.raises(ValueError, match="masks must be"):
+        srise.srise_pair(embed_fn, params, probe, mate, jnp.ones((4, 16, 16)))
+    with pytest.raises(ValueError, match="one shape"):
+        srise.srise_pair(embed_fn, params, probe, mate[:16],
+                         jnp.ones((4, 32, 32)))
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from conftest import region_embed
+    from srise_jax import srise
+    assert jax.device_count() == 4, jax.devices()
+    embed_fn = region_embed((8, 16, 12, 20))
+    params = {"const": jnp.full((64,), 0.5), "offset": jnp.float32(0.0)}
+    k1, k2 = jax.random.split(jax.random.key(3))
+    probe = jax.random.uniform(k1, (32, 32, 3))
+    mate = jax.random.uniform(k2, (32, 32, 3))
+    config = srise.SRiseConfig(num_masks=100, num_patches=6, kernel_size=9,
+                               sigma=2.5, batch_size=8)
+    mesh = jax.make_mesh((4,), ("masks",))
+    run = jax.jit(srise.srise_triplet, static_argnums=(0, 6),
+                  static_argnames=("mesh",))
+    one = run(embed_fn, params, probe, mate, 1 - probe, jax.random.key(0),
+              config)
+    auto = jax.make_mesh((2, 2), ("x", "y"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    diff = 0.0
+    for m in (mesh, auto):
+        four = run(embed_fn, params, probe, mate, 1 - probe,
+                   jax.random.key(0), config, mesh=m)
+        diff = max([diff] + [float(jnp.max(jnp.abs(a - b))) for a, b in
+                             zip(jax.tree.leaves(one), jax.tree.leaves(four))])
+    print(json.dumps({"diff": diff, "shape": list(four.mate.scores_a.shape)}))
+""")
+
+
+def test_four_cpu_devices_equal_one_device(tmp_path):
+    script = tmp_path / "mesh.py"
+    script.write_text(MESH_SCRIPT)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    tests_dir = os.path.dirname(__file__)
+    proc = subprocess.run([sys.executable, str(script), tests_dir], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [100]
+    assert result["diff"] <= 1e-5
