@@ -85,7 +85,7 @@ def gaussian_mask(
     impulses = jnp.full((height, width), jnp.inf, jnp.float32)
     impulses = impulses.at[centres[:, 0], centres[:, 1]].set(0.0)
     dist2 = _min_plus_axis(_min_plus_axis(impulses, 0, kernel_size), 1,
-                                                  kernel_size)
+                           kernel_size)
     return jnp.exp(-dist2 / (2.0 * sigma**2)).astype(dtype)
 
 
@@ -117,12 +117,12 @@ def gaussian_masks(
         Float[Array, "n h w"] in [0, 1].
 
     References:
-        Lu et al., "Explainable Face Recognition based on Similarity-based RISE"
-        (S-RISE), section 3.2.1.
+        Lu and Ebrahimi, "Explanation of Face Recognition via Saliency Maps",
+        arXiv:2304.06118, section 3.2.1.
     """
     one = lambda k: gaussian_mask(k, shape, num_patches=num_patches,
-                                                                kernel_size=kernel_size, sigma=sigma,
-                                                                dtype=dtype)
+                                  kernel_size=kernel_size, sigma=sigma,
+                                  dtype=dtype)
     return jax.vmap(one)(jax.random.split(key, num_masks))
 
 
@@ -157,7 +157,7 @@ def rise_mask(
     k_grid, k_shift = jax.random.split(key)
     cells = jax.random.bernoulli(k_grid, p, (grid, grid)).astype(jnp.float32)
     up = jax.image.resize(cells, ((grid + 1) * cell_h, (grid + 1) * cell_w),
-                                                method="linear")
+                          method="linear")
     dy, dx = jax.random.randint(k_shift, (2,), 0, jnp.array([cell_h, cell_w]))
     return jax.lax.dynamic_slice(up, (dy, dx), (height, width)).astype(dtype)
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from srise_jax import masks as masks_lib
+from srise_jax.similarity import unit_normalize as _unit
 
 EmbedFn = Callable[[object, jax.Array], jax.Array]
 _NORMALIZE = ("coverage", "none")
@@ -116,11 +117,6 @@ def _check_normalize(normalize: str) -> None:
             f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
 
 
-def _unit(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def _apply_mask(image: jax.Array, masks: jax.Array, fill) -> jax.Array:
     """image (H,W,C), masks (B,H,W) -> (B,H,W,C): image * m + fill * (1 - m)."""
     m = masks[..., None].astype(image.dtype)
@@ -129,25 +125,24 @@ def _apply_mask(image: jax.Array, masks: jax.Array, fill) -> jax.Array:
 
 
 def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
-          job_targets: tuple[int, ...], sources: jax.Array, valid: jax.Array,
+          job_targets: tuple[int, ...], sources, valid: jax.Array,
           make_masks: Callable[[jax.Array], jax.Array], batch_size: int,
           fill) -> SaliencySums:
-    """Weighted mask sums for every job over `sources` (one chunk per step).
+    """Weighted mask sums for every job over `sources`, one chunk at a time.
+
+    Full chunks of `batch_size` masks run in one `lax.scan`; a shorter last
+    chunk runs once after it (at its own batch size) rather than being padded
+    with wasted forward passes.
 
     Args:
       targets: (T, H, W, C) images that get masked, each embedded once per mask.
       ref_units: (J, D) unit reference embedding of each job.
       job_targets: for each job, the index of its masked target.
-      sources: (C * batch_size, ...) per-mask inputs of `make_masks` (keys or
-        the masks themselves), C chunks.
-      valid: (C * batch_size,) 1 for real masks, 0 for padding.
-      make_masks: per-chunk inputs -> (batch_size, H, W) masks.
+      sources: (N, ...) per-mask inputs of `make_masks` (keys, or the masks).
+      valid: (N,) 1 for real masks, 0 for padding (multi-device only).
+      make_masks: per-chunk inputs -> (B, H, W) masks.
     """
     height, width = targets.shape[1:3]
-    num_chunks = valid.shape[0] // batch_size
-    chunked = jax.tree.map(
-        lambda x: x.reshape((num_chunks, batch_size) + x.shape[1:]), sources)
-    valid = valid.reshape(num_chunks, batch_size)
 
     def chunk(carry, inputs):
         weighted, coverage = carry
@@ -158,22 +153,32 @@ def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
         # scores[j, i] = cos(embed(target_j * M_i), reference_j)
         scores = jnp.stack([units[t] @ ref_units[j]
                             for j, t in enumerate(job_targets)])
-        flat = m.reshape(batch_size, height * width)
+        flat = m.reshape(m.shape[0], height * width)
         # Padding masks are all zero, so they add nothing to either sum.
         weighted = weighted + scores @ flat
         coverage = coverage + flat.sum(0)
         return (weighted, coverage), scores
 
-    init = (jnp.zeros((len(job_targets), height * width), jnp.float32),
-            jnp.zeros((height * width,), jnp.float32))
-    (weighted, coverage), scores = jax.lax.scan(chunk, init, (chunked, valid))
-    scores = jnp.moveaxis(scores, 1, 0).reshape(len(job_targets), -1)
+    num = valid.shape[0]
+    full = num // batch_size * batch_size
+    carry = (jnp.zeros((len(job_targets), height * width), jnp.float32),
+             jnp.zeros((height * width,), jnp.float32))
+    scores = []
+    if full:
+        chunked = jax.tree.map(
+            lambda x: x[:full].reshape((-1, batch_size) + x.shape[1:]),
+            (sources, valid))
+        carry, chunk_scores = jax.lax.scan(chunk, carry, chunked)
+        scores.append(jnp.moveaxis(chunk_scores, 1, 0).reshape(
+            len(job_targets), full))
+    if num > full:
+        carry, rest = chunk(carry, jax.tree.map(lambda x: x[full:],
+                                                (sources, valid)))
+        scores.append(rest)
+    weighted, coverage = carry
     return SaliencySums(weighted.reshape(-1, height, width),
-                        coverage.reshape(height, width), scores)
-
-
-def _pad_to(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+                        coverage.reshape(height, width),
+                        jnp.concatenate(scores, axis=1))
 
 
 def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
@@ -189,18 +194,19 @@ def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
     ref_units = jnp.stack([units[r] for _, r in pairs])
     job_targets = tuple(t for t, _ in pairs)
     num = jax.tree.leaves(sources)[0].shape[0]
-    devices = 1 if mesh is None else mesh.size
-    padded = _pad_to(num, batch_size * devices)
-    index = jnp.arange(padded) % num
-    sources = jax.tree.map(lambda x: x[index], sources)
-    valid = (jnp.arange(padded) < num).astype(jnp.float32)
     body = functools.partial(_sums, embed_fn, params, targets, ref_units,
                              job_targets, make_masks=make_masks,
                              batch_size=batch_size, fill=fill)
     if mesh is None:
-        sums = body(sources, valid)
+        sums = body(sources, jnp.ones((num,), jnp.float32))
     else:
         axes = tuple(mesh.axis_names)
+        # Equal shares per device; the padding (< mesh.size masks, copies of
+        # real ones) is zeroed by `valid`.
+        padded = -(-num // mesh.size) * mesh.size
+        index = jnp.arange(padded) % num
+        sources = jax.tree.map(lambda x: x[index], sources)
+        valid = (jnp.arange(padded) < num).astype(jnp.float32)
 
         def per_device(src, ok):
             s = body(src, ok)
@@ -287,7 +293,7 @@ def srise_pair(
       PairSaliency.
 
     References:
-      Lu et al., S-RISE, section 3.2.2.
+      Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
     """
     _check_normalize(normalize)
     _check_images(image_a, image_b)
@@ -416,7 +422,7 @@ def srise_triplet(
       TripletSaliency; `normalize_jointly` scales its maps for display.
 
     References:
-      Lu et al., S-RISE, section 3.2.2 (steps 1-7).
+      Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2 (steps 1-7).
     """
     sums = triplet_sums(embed_fn, params, probe, mate, nonmate, key, config,
                         mesh=mesh)

@@ -1,0 +1,22 @@
+"""Face-embedding models that follow the ``embed_fn(params, images)`` contract."""
+
+from srise_jax.models.arcface import load_arcface, save_arcface
+from srise_jax.models.iresnet import (
+    ARCH_BLOCKS,
+    EMBEDDING_DIM,
+    INPUT_SIZE,
+    IResNet,
+    iresnet_embed_fn,
+    iresnet_init,
+)
+
+__all__ = [
+    "ARCH_BLOCKS",
+    "EMBEDDING_DIM",
+    "INPUT_SIZE",
+    "IResNet",
+    "iresnet_embed_fn",
+    "iresnet_init",
+    "load_arcface",
+    "save_arcface",
+]

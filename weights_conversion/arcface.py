@@ -1,0 +1,304 @@
+"""Convert an insightface ``arcface_torch`` iResNet state dict into a srise-jax checkpoint.
+
+Usage::
+
+    python -m weights_conversion.arcface backbone.pth OUT_DIR [--arch r50] [--overwrite]
+
+The ``.pth`` is read with ``torch.load(weights_only=True)`` only: a file that
+holds anything but tensors and plain containers is refused, never unpickled.
+torch is imported inside the loader, so the rest of srise-jax works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from srise_jax.models.arcface import save_arcface
+from srise_jax.models.iresnet import ARCH_BLOCKS, abstract_variables
+
+# Flax leaf name -> PyTorch leaf name (the module paths are the same).
+_TORCH_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "negative_slope": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+# Axis order that turns a PyTorch array into its Flax layout, by rank:
+# conv (O, I, kh, kw) -> (kh, kw, I, O); linear (out, in) -> (in, out).
+_FLAX_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}
+# BatchNorm's step counter: meaningless in inference, present in every BN.
+_BN_COUNTER = "num_batches_tracked"
+_DATA_PARALLEL_PREFIX = "module."
+_BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.")
+_LISTED_KEYS = 3
+
+
+class ConversionError(ValueError):
+    """A state dict or file that cannot be converted; the message says which key and why."""
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape of a parameter whose Flax shape is ``flax_shape``."""
+    axes = _FLAX_AXES.get(len(flax_shape))
+    if axes is None:
+        return flax_shape
+    return tuple(flax_shape[i] for i in np.argsort(axes))
+
+
+def _to_flax_layout(array: np.ndarray) -> np.ndarray:
+    """A PyTorch-layout parameter rearranged into Flax's layout."""
+    axes = _FLAX_AXES.get(array.ndim)
+    return array if axes is None else np.ascontiguousarray(np.transpose(array, axes))
+
+
+def _as_float32(value: Any, key: str) -> np.ndarray:
+    """A tensor or array as float32 NumPy (fp16/bf16 weights are widened)."""
+    if hasattr(value, "detach"):  # a torch.Tensor; torch itself is not imported here
+        if not value.is_floating_point():
+            raise ConversionError(f"key {key!r}: expected floating-point weights, found {value.dtype}")
+        return value.detach().cpu().float().numpy()
+    if not isinstance(value, np.ndarray | jax.Array):
+        raise ConversionError(f"key {key!r}: expected a tensor, found {type(value).__name__}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):  # unlike NumPy's, knows bfloat16
+        raise ConversionError(f"key {key!r}: expected floating-point weights, found {value.dtype}")
+    return np.asarray(value, dtype=np.float32)
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict with ``nn.DataParallel``'s ``module.`` prefix removed, when every key has it."""
+    keys = list(state_dict)
+    bad = [key for key in keys if not isinstance(key, str)]
+    if bad:
+        raise ConversionError(f"state dict keys must be strings, found {bad[0]!r}")
+    if keys and all(key.startswith(_DATA_PARALLEL_PREFIX) for key in keys):
+        return {key[len(_DATA_PARALLEL_PREFIX) :]: value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def _blocks_per_stage(keys: Sequence[str]) -> tuple[int, int, int, int]:
+    """Number of residual blocks in ``layer1``..``layer4``, counted from the keys."""
+    counts = [0, 0, 0, 0]
+    for key in keys:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            stage = int(match[1]) - 1
+            counts[stage] = max(counts[stage], int(match[2]) + 1)
+    return tuple(counts)
+
+
+def infer_arch(state_dict: Mapping[str, Any]) -> str:
+    """The iResNet architecture of a state dict, from its number of blocks per stage.
+
+    Args:
+      state_dict: PyTorch state dict, with or without the ``module.`` prefix.
+
+    Returns:
+      A key of ``ARCH_BLOCKS``.
+
+    Raises:
+      ConversionError: the block counts match no known architecture.
+    """
+    blocks = _blocks_per_stage(list(_strip_prefix(state_dict)))
+    for arch, arch_blocks in ARCH_BLOCKS.items():
+        if arch_blocks == blocks:
+            return arch
+    known = ", ".join(f"{arch} {arch_blocks}" for arch, arch_blocks in ARCH_BLOCKS.items())
+    raise ConversionError(
+        f"unknown architecture: blocks per stage {blocks} (from layer1..layer4 keys) match none of {known}"
+    )
+
+
+def _key_list(kind: str, keys: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """One line naming the first few missing or unexpected keys (with shapes)."""
+    verb = "expected" if kind == "missing" else "found"
+    shown = ", ".join(f"{key!r} {verb} shape {shapes[key]}" for key in keys[:_LISTED_KEYS])
+    more = f" and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else ""
+    return f"{kind} key{'s' if len(keys) > 1 else ''}: {shown}{more}"
+
+
+def _convert(state_dict: Any, arch: str | None) -> tuple[str, Any]:
+    """``(arch, variables)`` for a state dict; see ``convert_state_dict``."""
+    if not isinstance(state_dict, Mapping):
+        raise ConversionError(
+            f"expected a state dict (a mapping of parameter names to tensors), found {type(state_dict).__name__}"
+        )
+    state = _strip_prefix(state_dict)
+    if arch is None:
+        arch = infer_arch(state)
+    elif arch not in ARCH_BLOCKS:
+        raise ConversionError(f"unknown architecture {arch!r}; expected one of {list(ARCH_BLOCKS)}")
+    elif (found := _blocks_per_stage(list(state))) != ARCH_BLOCKS[arch]:
+        raise ConversionError(f"architecture {arch} has blocks per stage {ARCH_BLOCKS[arch]}, the state dict has {found}")
+
+    flax_leaves = traverse_util.flatten_dict(abstract_variables(arch))
+    torch_keys = {path: ".".join((*path[1:-1], _TORCH_LEAF[path[-1]])) for path in flax_leaves}
+    expected = {torch_keys[path]: _torch_shape(leaf.shape) for path, leaf in flax_leaves.items()}
+    counters = {key.rsplit(".", 1)[0] + "." + _BN_COUNTER for key in expected if key.endswith(".running_mean")}
+
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise ConversionError(_key_list("missing", missing, expected))
+    unexpected = [key for key in state if key not in expected and key not in counters]
+    if unexpected:
+        shapes = {key: tuple(getattr(state[key], "shape", ())) for key in unexpected}
+        raise ConversionError(_key_list("unexpected", unexpected, shapes))
+
+    variables = {}
+    for path, key in torch_keys.items():
+        array = _as_float32(state[key], key)
+        if array.shape != expected[key]:
+            raise ConversionError(f"key {key!r}: expected shape {expected[key]}, found {array.shape}")
+        variables[path] = jnp.asarray(_to_flax_layout(array))
+    return arch, traverse_util.unflatten_dict(variables)
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], *, arch: str | None = None) -> Any:
+    """Flax variables for an ``arcface_torch`` iResNet state dict.
+
+    Args:
+      state_dict: parameter name -> torch tensor or NumPy array (fp16 or fp32),
+        optionally with ``nn.DataParallel``'s ``module.`` prefix.
+      arch: one of ``ARCH_BLOCKS``; inferred from the keys when None.
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}`` (float32) for ``iresnet_embed_fn(arch)``.
+
+    Raises:
+      ConversionError: not a state dict, unknown architecture, missing or
+        unexpected keys, wrong shapes or non-float weights.
+    """
+    return _convert(state_dict, arch)[1]
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The opening sentence of an exception message (torch's run to paragraphs)."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    return text.splitlines()[0].split(". ")[0]
+
+
+def _load_state_dict(pth: Path) -> Any:
+    """Whatever a ``.pth`` file holds, read with ``torch.load(weights_only=True)``."""
+    if not pth.is_file():
+        raise ConversionError(f"{pth}: no such file")
+    try:
+        import torch  # lazily: torch is an optional extra, needed only to convert
+    except ImportError:
+        raise ConversionError("converting PyTorch weights needs torch: pip install 'srise-jax[convert]'") from None
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing foreign files;
+            # the error below says all there is to say.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(pth, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConversionError(
+            f"{pth}: refused by torch.load(weights_only=True): it holds objects other than tensors "
+            "(a pickled model or a foreign pickle); save model.state_dict() instead"
+        ) from None
+    # torch raises RuntimeError, EOFError, OSError, ... for damaged files.
+    except Exception as err:  # noqa: BLE001
+        raise ConversionError(f"{pth}: not a readable PyTorch file (truncated?): {_first_sentence(err)}") from None
+
+
+def _check_destination(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to replace an existing non-empty destination unless asked to."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        return
+    if out_dir.exists() and not overwrite:
+        raise ConversionError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it")
+
+
+def _write_atomically(variables: Any, out_dir: Path, *, arch: str, source: str) -> Path:
+    """Save into a staging directory beside ``out_dir``, then rename it into place.
+
+    A crash midway leaves at most a hidden staging directory, never a partial
+    ``out_dir``.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", suffix=".tmp", dir=out_dir.parent))
+    try:
+        staged = save_arcface(variables, staging / "new", arch=arch, source=source)
+        if out_dir.exists():
+            out_dir.rename(staging / "old")  # deleted with the staging directory
+        staged.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def convert_file(
+    pth: str | Path, out_dir: str | Path, *, arch: str | None = None, overwrite: bool = False
+) -> Path:
+    """Convert a ``.pth`` state dict into a checkpoint directory for ``load_arcface``.
+
+    Args:
+      pth: PyTorch state dict saved with ``torch.save(model.state_dict(), pth)``.
+      out_dir: checkpoint directory to create.
+      arch: one of ``ARCH_BLOCKS``; inferred from the keys when None.
+      overwrite: replace an existing non-empty ``out_dir``.
+
+    Returns:
+      ``out_dir``, resolved.
+
+    Raises:
+      ConversionError: the file cannot be converted or ``out_dir`` is taken;
+        ``out_dir`` is then left as it was (absent if it was absent).
+    """
+    pth = Path(pth)
+    out_dir = Path(out_dir).resolve()
+    _check_destination(out_dir, overwrite=overwrite)
+    state_dict = _load_state_dict(pth)
+    try:
+        arch, variables = _convert(state_dict, arch)
+    except ConversionError as err:
+        raise ConversionError(f"{pth}: {err}") from None
+    return _write_atomically(variables, out_dir, arch=arch, source=pth.name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: convert one file; prints ``error: ...`` and returns 2 on failure.
+
+    Args:
+      argv: arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+      The exit status: 0 on success, 2 on a conversion error.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m weights_conversion.arcface",
+        description="Convert an insightface arcface_torch iResNet state dict (.pth) into a srise-jax checkpoint.",
+    )
+    parser.add_argument("pth", type=Path, help="PyTorch state dict, e.g. backbone.pth (fp16 or fp32)")
+    parser.add_argument("out_dir", type=Path, help="checkpoint directory to create (read by load_arcface)")
+    parser.add_argument("--arch", choices=list(ARCH_BLOCKS), help="default: inferred from the blocks per stage")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    args = parser.parse_args(argv)
+    try:
+        out_dir = convert_file(args.pth, args.out_dir, arch=args.arch, overwrite=args.overwrite)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
