@@ -8,7 +8,7 @@ sums: H_a = sum_i s_i M_i; then the same with the roles swapped (paper section
 Everything here is a pure function of (embed_fn, params, images, masks or key,
 options): the user jits at the boundary with `embed_fn` and the options static,
 e.g. `jax.jit(srise_triplet, static_argnames=("embed_fn", "config"))`. Masks
-and masked images are made chunk by chunk inside one `lax.map`, so memory is
+and masked images are made chunk by chunk inside one `lax.scan`, so memory is
 O(batch_size), not O(num_masks); with a `mesh`, the chunks are split over its
 devices with `jax.shard_map` and the partial sums reduced with `psum`.
 """
