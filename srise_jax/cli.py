@@ -38,8 +38,8 @@ _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
 _DEMO_ARCH = "r18"
 # Masks per compiled call, in units of the batch size: the progress bar moves
-# once per call, and every distinct mask range compiles once (the kernel
-# takes the range as static arguments), so a few large ranges are cheapest.
+# once per call. The range start is traced, so the kernel compiles at most
+# twice (the full span and a shorter tail) whatever the number of masks.
 _RANGE_BATCHES = 4
 
 _RANDOM_MODEL_NOTICE = f"""\
@@ -56,7 +56,7 @@ only shows the pipeline run end to end. To explain a real face-recognition model
 # Module level so that repeated runs in one process (tests, notebooks) reuse
 # the compilations; the model and the options are static, params are not.
 _triplet_sums = jax.jit(srise.triplet_sums, static_argnums=(0, 6),
-                        static_argnames=("start", "stop"))
+                        static_argnames=("count",))
 _finalize_triplet = jax.jit(srise.finalize_triplet, static_argnums=(0,),
                             static_argnames=("normalize",))
 _METRICS = {
@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library messages can run longer)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -113,21 +114,36 @@ def _first_line(err: BaseException) -> str:
 # Argument parsing
 # ----------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _integer_in(low: int, high: int, what: str):
+    """An argparse type: an integer in [low, high), else a one-line message."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _integer_in(1, sys.maxsize, "a positive integer")
+_seed = _integer_in(0, 2**32, "an integer in [0, 2**32)")
 
 
 def _similarity(text: str) -> float:
-    value = float(text)
+    """An argparse type: a threshold on the cosine similarity."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a cosine similarity in [-1, 1], got {text}")
+        raise argparse.ArgumentTypeError(f"must be a cosine similarity in [-1, 1], got {text!r}")
     return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    """The parser of all three commands; each sets `command` to its function."""
     parser = _Parser(
         prog=PROG,
         description="S-RISE saliency maps that explain face-verification decisions.")
@@ -185,8 +201,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int, batch_s
                         help="masks per pair, N (default: %(default)s; paper: 500)")
     parser.add_argument("--batch-size", type=_positive_int, default=batch_size,
                         help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the random masks (default: %(default)s)")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="random seed (default: %(default)s)")
     parser.add_argument("--threshold", type=_similarity, default=threshold,
                         help="verification threshold on the cosine similarity "
                              "(default: %(default)s)")
@@ -213,6 +229,7 @@ def _check_output(path: Path) -> None:
 # ----------------------------------------------------------------------------
 
 def _explain(args: argparse.Namespace) -> int:
+    """`srise-jax explain`: maps, figure and scores of a converted model on three crops."""
     outputs = [path for path in (args.out, args.json, args.curves) if path is not None]
     for path in outputs:
         _check_output(path)
@@ -235,6 +252,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """`srise-jax demo`: the explain pipeline on a random iResNet-18 and synthetic faces."""
     out = args.out
     if out.exists() and not out.is_dir():
         raise _UsageError(f"{out}: exists and is not a directory")
@@ -259,6 +277,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    """`srise-jax convert`: an arcface_torch state dict to a checkpoint directory."""
     # weights_conversion.arcface.main prints its errors in its own format;
     # convert_file does the same work and leaves the exception to `main`.
     out_dir = convert_file(args.pth, args.out_dir, arch=args.arch, overwrite=args.overwrite)
@@ -290,6 +309,7 @@ def _load_faces(*paths: Path) -> tuple[np.ndarray, ...]:
 
 
 def _save_face(path: Path, face: np.ndarray) -> None:
+    """Write a float RGB image in [0, 1] as an 8-bit PNG, atomically."""
     with viz.atomic_file(path) as file:
         Image.fromarray(np.round(face * 255).astype(np.uint8)).save(file, format="PNG")
 
@@ -345,11 +365,11 @@ def _saliency(embed_fn, params, faces, config: srise.SRiseConfig,
     with tqdm(total=config.num_masks, desc="S-RISE", unit="mask", file=sys.stderr,
               disable=None) as bar:
         for start in range(0, config.num_masks, span):
-            stop = min(start + span, config.num_masks)
+            count = min(span, config.num_masks - start)
             sums = jax.block_until_ready(
-                _triplet_sums(embed_fn, params, *faces, key, config, start=start, stop=stop))
+                _triplet_sums(embed_fn, params, *faces, key, config, start=start, count=count))
             total = sums if total is None else tuple(map(srise.add_sums, total, sums))
-            bar.update(stop - start)
+            bar.update(count)
     return _finalize_triplet(embed_fn, params, *faces, total, normalize=config.normalize)
 
 
@@ -386,6 +406,7 @@ def _report(run: _Run, *, threshold: float, settings: dict) -> dict:
 
 
 def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float) -> dict:
+    """{"fraction": x}, or {"fraction": None, "reason": why} when x is NaN."""
     fraction = float(result.fraction)
     if not math.isnan(fraction):
         return {"fraction": fraction}
@@ -400,6 +421,7 @@ def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float) -
 
 
 def _print_summary(run: _Run, *, threshold: float, written: list[Path]) -> None:
+    """Similarities, decisions and metric fractions on stdout, then the files written."""
     for label, pair in (("probe-mate", run.triplet.mate),
                         ("probe-nonmate", run.triplet.nonmate)):
         value = float(pair.similarity)

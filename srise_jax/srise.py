@@ -322,33 +322,46 @@ def triplet_sums(
     key: jax.Array,
     config: SRiseConfig = SRiseConfig(),
     *,
-    start: int = 0,
-    stop: int | None = None,
+    start: int | jax.Array = 0,
+    count: int | None = None,
     mesh: Mesh | None = None,
 ) -> tuple[SaliencySums, ...]:
-    """Partial S-RISE sums of a triplet over masks [start, stop) of N.
+    """Partial S-RISE sums of a triplet over masks [start, start + count) of N.
 
     The building block of `srise_triplet` for callers that want to report
-    progress or checkpoint between chunks (the CLI does): summing the
-    `SaliencySums` of consecutive ranges and passing them to
-    `finalize_triplet` gives the maps of one full run, because mask i is made
-    from `jax.random.split(pair_key, N)[i]` whatever the range.
+    progress or checkpoint between ranges of masks (the CLI does): summing
+    the `SaliencySums` of consecutive ranges with `add_sums` and passing them
+    to `finalize_triplet` gives the maps of one full run, because mask i is
+    made from `jax.random.split(pair_key, N)[i]` whatever the range.
+
+    `count` is static (it sets the shapes), `start` may be traced: a loop
+    over ranges of one length compiles once, whatever the start.
+
+    Args:
+      embed_fn, params, probe, mate, nonmate, key, config, mesh: as in
+        `srise_triplet`.
+      start: first mask of the range (a traced start is not range-checked).
+      count: masks in the range; default: all N from `start`.
 
     Returns:
       One `SaliencySums` per mask set: (mate, nonmate) jobs; or a single one
       over the shared masks when `config.share_probe_masks`.
     """
     _check_images(probe, mate, nonmate)
-    stop = config.num_masks if stop is None else stop
-    if not 0 <= start < stop <= config.num_masks:
-        raise ValueError(f"need 0 <= start < stop <= num_masks, got {start}, "
-                         f"{stop}, {config.num_masks}")
+    if count is None:
+        count = config.num_masks - int(start)
+    if not 0 < count <= config.num_masks or (
+            isinstance(start, int) and not 0 <= start <= config.num_masks - count):
+        raise ValueError(f"need 0 <= start < start + count <= num_masks, got "
+                         f"start {start}, count {count}, num_masks "
+                         f"{config.num_masks}")
     make = _mask_maker(config, probe.shape[:2])
     run = functools.partial(_run, embed_fn, params, make_masks=make,
                             batch_size=config.batch_size, fill=config.fill,
                             mesh=mesh)
     key_mate, key_nonmate = jax.random.split(key)
-    keys = lambda k: jax.random.split(k, config.num_masks)[start:stop]
+    keys = lambda k: jax.lax.dynamic_slice_in_dim(
+        jax.random.split(k, config.num_masks), start, count)
     if config.share_probe_masks:
         targets = jnp.stack([probe, mate, nonmate])
         sums, _ = run(targets, ((0, 1), (1, 0), (0, 2), (2, 0)),

@@ -112,7 +112,7 @@ def plot_triplet(
             for axes in column:
                 axes.set_xticks([])
                 axes.set_yticks([])
-    bar_axes = bar_area.add_axes((0.25, 0.6, 0.5, 0.25))
+    bar_axes = bar_area.add_axes((0.25, 0.6, 0.5, 0.25), label="colorbar")
     bar_area.colorbar(cm.ScalarMappable(norm=norm, cmap=_CMAP), cax=bar_axes,
                       orientation="horizontal",
                       label="saliency, one scale for all four maps")
@@ -151,7 +151,7 @@ def plot_curves(
     Returns:
       The figure.
     """
-    figure = Figure(figsize=(6.4, 4.4), dpi=_DPI, layout="constrained")
+    figure = Figure(figsize=(9.0, 4.4), dpi=_DPI, layout="constrained")
     axes = figure.subplots()
     for label, result in results.items():
         counts = np.asarray(result.counts)
@@ -174,9 +174,9 @@ def plot_curves(
     axes.set_xlim(0.0, 1.0)
     axes.set_xlabel("fraction of pixels changed, most salient first")
     axes.set_ylabel("cosine similarity to the intact reference")
-    axes.legend(fontsize="small")
     if title is not None:
         axes.set_title(title)
+    figure.legend(loc="outside right upper", fontsize="small")
     if path is not None:
         save_png(figure, path)
     return figure

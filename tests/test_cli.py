@@ -1,0 +1,194 @@
+"""Tests for the srise-jax command line, run in-process through main(argv).
+
+The model is a random iResNet-18 written as a PyTorch state dict by the
+independent reference in tests/torch_iresnet.py and converted once per
+module. The settings are tiny: 16 masks, batch 8, and a threshold of -1 with
+a coarse metric step, so that Deletion never flips (9 grid points, fraction
+1.0) and Insertion is undefined at once (NaN, reported as null + reason).
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch_iresnet import TorchIResNet, randomize_
+
+from srise_jax import cli, srise, viz
+from srise_jax.images import synthetic_faces
+from srise_jax.models import ARCH_BLOCKS
+from weights_conversion.arcface import convert_file
+
+torch.set_num_threads(1)  # the test machine's cores are shared
+
+TINY = ["--num-masks", "16", "--batch-size", "8", "--threshold", "-1",
+        "--metric-step", "1568"]
+
+
+@pytest.fixture(scope="module")
+def r18_pth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("torch") / "backbone.pth"
+    torch.save(randomize_(TorchIResNet(ARCH_BLOCKS["r18"]), seed=0).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, r18_pth):
+    return convert_file(r18_pth, tmp_path_factory.mktemp("ckpt") / "r18")
+
+
+@pytest.fixture(scope="module")
+def face_files(tmp_path_factory):
+    """probe, mate, nonmate PNGs of 112x112, and the mate again at 128x128."""
+    directory = tmp_path_factory.mktemp("faces")
+    paths = []
+    for role, face in zip(("probe", "mate", "nonmate"), synthetic_faces(0)):
+        image = Image.fromarray(np.round(face * 255).astype(np.uint8))
+        image.save(directory / f"{role}.png")
+        paths.append(directory / f"{role}.png")
+        if role == "mate":
+            image.resize((128, 128)).save(directory / "mate-128.png")
+    return (*paths, directory / "mate-128.png")
+
+
+def _explain_args(weights, faces, out):
+    probe, mate, nonmate = faces[:3]
+    return ["explain", "--weights", str(weights), "--probe", str(probe), "--mate", str(mate),
+            "--nonmate", str(nonmate), "--out", str(out)]
+
+
+def test_explain_writes_figure_json_and_curves(tmp_path, weights, face_files, capsys):
+    figure, scores, curves = tmp_path / "fig.png", tmp_path / "s.json", tmp_path / "c.png"
+    probe, _, nonmate, mate_128 = face_files
+    status = cli.main(_explain_args(weights, (probe, mate_128, nonmate), figure)
+                      + ["--json", str(scores), "--curves", str(curves)] + TINY)
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert err.splitlines() == [
+        f"srise-jax: warning: {mate_128}: resized from 128x128 to 112x112; S-RISE "
+        "explains the model best on the aligned crops it was trained on"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "fig.png", "s.json"]
+    for path in (figure, curves):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    report = json.loads(scores.read_text())
+    assert set(report) == {"similarity", "match", "threshold", "metrics", "settings"}
+    for pair in ("mate", "nonmate"):
+        assert -1.0 <= report["similarity"][pair] <= 1.0
+        assert report["match"][pair] is True  # every cosine is >= -1
+    assert tuple(report["metrics"]) == viz.MAP_NAMES
+    for by_metric in report["metrics"].values():
+        assert by_metric["deletion"] == {"fraction": 1.0}
+        assert by_metric["insertion"]["fraction"] is None
+        assert "already matches at threshold -1" in by_metric["insertion"]["reason"]
+    settings = report["settings"]
+    assert settings["arch"] == "r18" and settings["seed"] == 0
+    assert settings["config"]["num_masks"] == 16 and settings["config"]["batch_size"] == 8
+    assert settings["metric_step"] == 1568 and settings["mate"] == str(mate_128)
+    assert "probe-mate" in out and f"wrote {figure}" in out
+
+
+@pytest.mark.parametrize("share_probe_masks", [False, True])
+def test_mask_ranges_add_up_to_one_full_run(planted_region, share_probe_masks):
+    embed_fn, params, _, probe, mate = planted_region
+    nonmate = jnp.flip(probe, axis=0)
+    # 4 * batch_size = 8 masks per range: ranges [0, 8), [8, 16), [16, 20).
+    config = srise.SRiseConfig(num_masks=20, batch_size=2, num_patches=10, kernel_size=9,
+                               sigma=2.0, share_probe_masks=share_probe_masks)
+    key = jax.random.key(3)
+    chunked = cli._saliency(embed_fn, params, (probe, mate, nonmate), config, key)
+    whole = srise.srise_triplet(embed_fn, params, probe, mate, nonmate, key, config)
+    for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _assert_one_error_line(status, capsys, *needles):
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("srise-jax: error: ")
+    for needle in needles:
+        assert needle in err
+    return out
+
+
+def _set(option, value):
+    """An edit of the argument list: give `option` the value `value(tmp_path)`."""
+    def edit(args, directory):
+        args[args.index(option) + 1] = str(value(directory))
+    return edit
+
+
+def _corrupt_nonmate(args, directory):
+    (directory / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    _set("--nonmate", lambda d: d / "corrupt.png")(args, directory)
+
+
+def _two_mates(args, directory):
+    args.insert(args.index("--mate") + 2, str(directory / "extra.png"))
+
+
+def _no_nonmate(args, directory):
+    del args[args.index("--nonmate"):args.index("--nonmate") + 2]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_set("--probe", lambda d: d / "missing.png"), "missing.png: no such file"),
+    (_set("--weights", lambda d: d / "nowhere"), "nowhere: no such checkpoint directory"),
+    (_corrupt_nonmate, "corrupt.png: not a readable image"),
+    (_set("--num-masks", lambda d: 0), "must be a positive integer"),
+    (_set("--threshold", lambda d: 1.5), "in [-1, 1]"),
+    (_two_mates, "unrecognized arguments"),
+    (_no_nonmate, "required: --nonmate"),
+    (_set("--out", lambda d: d / "no" / "fig.png"), "does not exist"),
+])
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, weights, face_files,
+                                                           capsys, edit, needle):
+    # TINY keeps a wrongly accepted run short.
+    args = _explain_args(weights, face_files, tmp_path / "fig.png") + [
+        "--json", str(tmp_path / "s.json")] + TINY
+    edit(args, tmp_path)
+    before = set(tmp_path.iterdir())
+    _assert_one_error_line(cli.main(args), capsys, needle)
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_convert_writes_a_checkpoint_and_refuses_a_bad_file(tmp_path, r18_pth, capsys):
+    assert cli.main(["convert", str(r18_pth), str(tmp_path / "ok")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ok" / "metadata.json").read_text())["arch"] == "r18"
+    (tmp_path / "bad.pth").write_bytes(b"not a state dict")
+    status = cli.main(["convert", str(tmp_path / "bad.pth"), str(tmp_path / "out")])
+    _assert_one_error_line(status, capsys, "bad.pth")
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_runs_and_says_its_maps_are_meaningless(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out_dir)] + TINY) == 0
+    out = capsys.readouterr().out
+    assert "MEANINGLESS" in out and "srise-jax convert" in out and "srise-jax explain" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "curves.png", "explanation.png", "mate.png", "nonmate.png", "probe.png", "scores.json"]
+    report = json.loads((out_dir / "scores.json").read_text())
+    assert "random" in report["settings"]["weights"]
+    assert all(-1.0 <= value <= 1.0 for value in report["similarity"].values())
+
+
+def test_installed_script_reports_errors_in_one_line(tmp_path):
+    script = shutil.which("srise-jax")
+    assert script is not None, "console script missing: pip install -e ."
+    result = subprocess.run(
+        [script, "explain", "--weights", str(tmp_path), "--probe", str(tmp_path / "p.png"),
+         "--mate", str(tmp_path / "m.png"), "--nonmate", str(tmp_path / "n.png"),
+         "--out", str(tmp_path / "fig.png")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"srise-jax: error: {tmp_path / 'p.png'}: no such file"]
+    assert list(Path(tmp_path).iterdir()) == []
