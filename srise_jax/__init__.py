@@ -2,11 +2,15 @@
 
 Where things are: the kernel in `srise_jax.srise`, the masks in
 `srise_jax.masks`, Deletion/Insertion in `srise_jax.metrics`, the models in
-`srise_jax.models`, figures in `srise_jax.viz`, the command line in
-`srise_jax.cli`.
+`srise_jax.models`, face detection in `srise_jax.detect` and alignment in
+`srise_jax.align`, the sample photos in `srise_jax.data`, figures in
+`srise_jax.viz`, the command line in `srise_jax.cli`.
 """
 
-from srise_jax.images import ImageError, load_face, synthetic_faces
+from srise_jax.align import ARCFACE_112, NoFaceError, align_face, preprocess, similarity_transform
+from srise_jax.data import occlude, occlusion_region, sample_faces, sample_triplet
+from srise_jax.detect import Faces, detect_faces
+from srise_jax.images import ImageError, load_face, load_image, synthetic_faces
 from srise_jax.masks import gaussian_mask, gaussian_masks, rise_mask, rise_masks
 from srise_jax.metrics import MetricResult, deletion, deletion_insertion, insertion
 from srise_jax.models import ARCH_BLOCKS, iresnet_embed_fn, iresnet_init, load_arcface
@@ -28,33 +32,45 @@ from srise_jax.srise import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCH_BLOCKS",
-    "ImageError",
-    "MetricResult",
-    "PairSaliency",
-    "SRiseConfig",
-    "SaliencySums",
-    "TripletSaliency",
     "add_sums",
+    "align_face",
+    "ARCFACE_112",
+    "ARCH_BLOCKS",
     "cosine_similarity",
     "deletion",
     "deletion_insertion",
+    "detect_faces",
+    "Faces",
     "finalize_triplet",
     "gaussian_mask",
     "gaussian_masks",
+    "ImageError",
     "insertion",
     "iresnet_embed_fn",
     "iresnet_init",
     "load_arcface",
     "load_face",
+    "load_image",
+    "MetricResult",
+    "NoFaceError",
     "normalize_jointly",
+    "occlude",
+    "occlusion_region",
+    "PairSaliency",
     "plot_curves",
     "plot_triplet",
+    "preprocess",
     "rise_mask",
     "rise_masks",
+    "SaliencySums",
+    "sample_faces",
+    "sample_triplet",
+    "similarity_transform",
     "srise_pair",
     "srise_triplet",
+    "SRiseConfig",
     "synthetic_faces",
     "triplet_sums",
+    "TripletSaliency",
     "unit_normalize",
 ]

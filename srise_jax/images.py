@@ -3,7 +3,9 @@
 `load_face` turns any image file PIL can read into the kernel's input format,
 float32 RGB in [0, 1] of shape (size, size, 3). It does not detect or align
 faces: S-RISE explains a model on the crops that model was trained on (for
-ArcFace, 112x112 crops aligned on five landmarks), so give it such crops.
+ArcFace, 112x112 crops aligned on five landmarks), so give it such crops, or
+photos through `srise_jax.align.preprocess`. `load_image` decodes the same way
+at the file's own size, for whole photographs.
 """
 
 from __future__ import annotations
@@ -52,6 +54,34 @@ def load_face(path: str | Path, *, size: int = 112) -> np.ndarray:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     path = Path(path)
+    rgb = load_image(path)
+    height, width = rgb.shape[:2]
+    if (height, width) != (size, size):
+        warnings.warn(
+            f"{path}: resized from {width}x{height} to {size}x{size}; S-RISE "
+            "explains the model best on the aligned crops it was trained on",
+            ResizeWarning, stacklevel=2)
+        rgb = _resize(rgb, size)
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file at its own size as float32 RGB in [0, 1].
+
+    Decodes like `load_face` (EXIF orientation, greyscale, palette, CMYK,
+    16-bit and transparency handled the same way) but never resizes: for
+    whole photographs that a face detector will search.
+
+    Args:
+      path: the image file.
+
+    Returns:
+      Float[ndarray, "h w 3"] float32 in [0, 1].
+
+    Raises:
+      ImageError: as `load_face`.
+    """
+    path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if not path.is_file():
@@ -67,13 +97,6 @@ def load_face(path: str | Path, *, size: int = 112) -> np.ndarray:
     # SyntaxError or ValueError (malformed headers), DecompressionBombError...
     except Exception as err:  # noqa: BLE001
         raise ImageError(f"{path}: not a readable image ({_first_line(err)})") from None
-    height, width = rgb.shape[:2]
-    if (height, width) != (size, size):
-        warnings.warn(
-            f"{path}: resized from {width}x{height} to {size}x{size}; S-RISE "
-            "explains the model best on the aligned crops it was trained on",
-            ResizeWarning, stacklevel=2)
-        rgb = _resize(rgb, size)
     return np.clip(rgb, 0.0, 1.0)
 
 

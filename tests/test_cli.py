@@ -7,6 +7,7 @@ a coarse metric step, so that Deletion never flips (9 grid points, fraction
 1.0) and Insertion is undefined at once (NaN, reported as null + reason).
 """
 
+import importlib.resources
 import json
 import shutil
 import subprocess
@@ -192,3 +193,58 @@ def test_installed_script_reports_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"srise-jax: error: {tmp_path / 'p.png'}: no such file"]
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def _sample_photo(name):
+    return Path(str(importlib.resources.files("srise_jax") / "assets" / "faces" / f"{name}.jpg"))
+
+
+@pytest.fixture(scope="module")
+def bad_photos(tmp_path_factory):
+    """Files that are not usable photos: the reason each must be reported."""
+    directory = tmp_path_factory.mktemp("bad")
+    (directory / "text.jpg").write_text("not an image, just text\n")
+    (directory / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (1, 1), (128, 128, 128)).save(directory / "tiny.png")
+    Image.new("RGB", (200, 160), (90, 140, 200)).save(directory / "sky.png")
+    return {"text.jpg": "not a readable image", "empty.jpg": "empty",
+            "tiny.png": "no face found", "sky.png": "no face found"}, directory
+
+
+def test_align_writes_crops_and_reports_each_failure(tmp_path, bad_photos, capsys):
+    reasons, directory = bad_photos
+    photos = [_sample_photo("obama")] + [directory / name for name in reasons]
+    status = cli.main(["align", *map(str, photos), "--out", str(tmp_path / "crops")])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert err.splitlines() == ["srise-jax: 4 of 5 photos failed"]
+    lines = out.splitlines()
+    assert len(lines) == 5
+    assert lines[0].startswith(f"{photos[0]}: 1 face, aligned the largest (score ")
+    for line, (name, reason) in zip(lines[1:], reasons.items()):
+        assert line.startswith(f"{directory / name}: FAILED: ") and reason in line, line
+    assert [p.name for p in (tmp_path / "crops").iterdir()] == ["obama.png"]
+    with Image.open(tmp_path / "crops" / "obama.png") as crop:
+        assert crop.size == (112, 112) and crop.mode == "RGB"
+
+
+def test_explain_align_detects_and_aligns_raw_photos(tmp_path, weights, capsys):
+    photos = [_sample_photo(name) for name in ("obama", "obama2", "biden")]
+    scores = tmp_path / "s.json"
+    status = cli.main(_explain_args(weights, photos, tmp_path / "fig.png")
+                      + ["--align", "--json", str(scores)] + TINY)
+    _, err = capsys.readouterr()
+    assert status == 0, err
+    assert err == ""  # no resize warning: the crops are made at the model's size
+    with Image.open(tmp_path / "fig.png") as figure:
+        assert figure.format == "PNG"
+    assert set(json.loads(scores.read_text())["similarity"]) == {"mate", "nonmate"}
+
+
+def test_explain_align_without_a_face_exits_2(tmp_path, weights, bad_photos, capsys):
+    _, directory = bad_photos
+    photos = [_sample_photo("obama"), directory / "sky.png", _sample_photo("biden")]
+    status = cli.main(_explain_args(weights, photos, tmp_path / "fig.png")
+                      + ["--align"] + TINY)
+    _assert_one_error_line(status, capsys, f"no face found in {directory / 'sky.png'}")
+    assert list(tmp_path.iterdir()) == []

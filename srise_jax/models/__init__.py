@@ -9,14 +9,22 @@ from srise_jax.models.iresnet import (
     iresnet_embed_fn,
     iresnet_init,
 )
+from srise_jax.models.mtcnn import ONet, PNet, RNet, load_mtcnn, onet_apply, pnet_apply, rnet_apply
 
 __all__ = [
     "ARCH_BLOCKS",
     "EMBEDDING_DIM",
     "INPUT_SIZE",
     "IResNet",
+    "ONet",
+    "PNet",
+    "RNet",
     "iresnet_embed_fn",
     "iresnet_init",
     "load_arcface",
+    "load_mtcnn",
+    "onet_apply",
+    "pnet_apply",
+    "rnet_apply",
     "save_arcface",
 ]
