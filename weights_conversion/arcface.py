@@ -22,13 +22,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from srise_jax.models.arcface import save_arcface
 from srise_jax.models.iresnet import ARCH_BLOCKS, abstract_variables
+from weights_conversion.common import (
+    ConversionError,
+    as_float32,
+    first_sentence,
+    key_list,
+    run_conversion,
+    to_flax_layout,
+    torch_shape,
+)
 
 # Flax leaf name -> PyTorch leaf name (the module paths are the same).
 _TORCH_LEAF = {
@@ -39,45 +46,10 @@ _TORCH_LEAF = {
     "mean": "running_mean",
     "var": "running_var",
 }
-# Axis order that turns a PyTorch array into its Flax layout, by rank:
-# conv (O, I, kh, kw) -> (kh, kw, I, O); linear (out, in) -> (in, out).
-_FLAX_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}
 # BatchNorm's step counter: meaningless in inference, present in every BN.
 _BN_COUNTER = "num_batches_tracked"
 _DATA_PARALLEL_PREFIX = "module."
 _BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.")
-_LISTED_KEYS = 3
-
-
-class ConversionError(ValueError):
-    """A state dict or file that cannot be converted; the message says which key and why."""
-
-
-def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The PyTorch shape of a parameter whose Flax shape is ``flax_shape``."""
-    axes = _FLAX_AXES.get(len(flax_shape))
-    if axes is None:
-        return flax_shape
-    return tuple(flax_shape[i] for i in np.argsort(axes))
-
-
-def _to_flax_layout(array: np.ndarray) -> np.ndarray:
-    """A PyTorch-layout parameter rearranged into Flax's layout."""
-    axes = _FLAX_AXES.get(array.ndim)
-    return array if axes is None else np.ascontiguousarray(np.transpose(array, axes))
-
-
-def _as_float32(value: Any, key: str) -> np.ndarray:
-    """A tensor or array as float32 NumPy (fp16/bf16 weights are widened)."""
-    if hasattr(value, "detach"):  # a torch.Tensor; torch itself is not imported here
-        if not value.is_floating_point():
-            raise ConversionError(f"key {key!r}: expected floating-point weights, found {value.dtype}")
-        return value.detach().cpu().float().numpy()
-    if not isinstance(value, np.ndarray | jax.Array):
-        raise ConversionError(f"key {key!r}: expected a tensor, found {type(value).__name__}")
-    if not jnp.issubdtype(value.dtype, jnp.floating):  # unlike NumPy's, knows bfloat16
-        raise ConversionError(f"key {key!r}: expected floating-point weights, found {value.dtype}")
-    return np.asarray(value, dtype=np.float32)
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,14 +96,6 @@ def infer_arch(state_dict: Mapping[str, Any]) -> str:
     )
 
 
-def _key_list(kind: str, keys: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """One line naming the first few missing or unexpected keys (with shapes)."""
-    verb = "expected" if kind == "missing" else "found"
-    shown = ", ".join(f"{key!r} {verb} shape {shapes[key]}" for key in keys[:_LISTED_KEYS])
-    more = f" and {len(keys) - _LISTED_KEYS} more" if len(keys) > _LISTED_KEYS else ""
-    return f"{kind} key{'s' if len(keys) > 1 else ''}: {shown}{more}"
-
-
 def _convert(state_dict: Any, arch: str | None) -> tuple[str, Any]:
     """``(arch, variables)`` for a state dict; see ``convert_state_dict``."""
     if not isinstance(state_dict, Mapping):
@@ -148,23 +112,23 @@ def _convert(state_dict: Any, arch: str | None) -> tuple[str, Any]:
 
     flax_leaves = traverse_util.flatten_dict(abstract_variables(arch))
     torch_keys = {path: ".".join((*path[1:-1], _TORCH_LEAF[path[-1]])) for path in flax_leaves}
-    expected = {torch_keys[path]: _torch_shape(leaf.shape) for path, leaf in flax_leaves.items()}
+    expected = {torch_keys[path]: torch_shape(leaf.shape) for path, leaf in flax_leaves.items()}
     counters = {key.rsplit(".", 1)[0] + "." + _BN_COUNTER for key in expected if key.endswith(".running_mean")}
 
     missing = [key for key in expected if key not in state]
     if missing:
-        raise ConversionError(_key_list("missing", missing, expected))
+        raise ConversionError(key_list("missing", missing, expected))
     unexpected = [key for key in state if key not in expected and key not in counters]
     if unexpected:
         shapes = {key: tuple(getattr(state[key], "shape", ())) for key in unexpected}
-        raise ConversionError(_key_list("unexpected", unexpected, shapes))
+        raise ConversionError(key_list("unexpected", unexpected, shapes))
 
     variables = {}
     for path, key in torch_keys.items():
-        array = _as_float32(state[key], key)
+        array = as_float32(state[key], key)
         if array.shape != expected[key]:
             raise ConversionError(f"key {key!r}: expected shape {expected[key]}, found {array.shape}")
-        variables[path] = jnp.asarray(_to_flax_layout(array))
+        variables[path] = jnp.asarray(to_flax_layout(array))
     return arch, traverse_util.unflatten_dict(variables)
 
 
@@ -184,14 +148,6 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, arch: str | None = None
         unexpected keys, wrong shapes or non-float weights.
     """
     return _convert(state_dict, arch)[1]
-
-
-def _first_sentence(err: BaseException) -> str:
-    """The opening sentence of an exception message (torch's run to paragraphs)."""
-    text = str(err).strip()
-    if not text:
-        return type(err).__name__
-    return text.splitlines()[0].split(". ")[0]
 
 
 def _load_state_dict(pth: Path) -> Any:
@@ -215,7 +171,7 @@ def _load_state_dict(pth: Path) -> Any:
         ) from None
     # torch raises RuntimeError, EOFError, OSError, ... for damaged files.
     except Exception as err:  # noqa: BLE001
-        raise ConversionError(f"{pth}: not a readable PyTorch file (truncated?): {_first_sentence(err)}") from None
+        raise ConversionError(f"{pth}: not a readable PyTorch file (truncated?): {first_sentence(err)}") from None
 
 
 def _check_destination(out_dir: Path, *, overwrite: bool) -> None:
@@ -291,13 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arch", choices=list(ARCH_BLOCKS), help="default: inferred from the blocks per stage")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
-    try:
-        out_dir = convert_file(args.pth, args.out_dir, arch=args.arch, overwrite=args.overwrite)
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out_dir}")
-    return 0
+    return run_conversion(
+        lambda: convert_file(args.pth, args.out_dir, arch=args.arch, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

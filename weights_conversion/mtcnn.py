@@ -31,13 +31,14 @@ import numpy as np
 from flax import traverse_util
 
 from srise_jax.models.mtcnn import NETS, abstract_variables, npz_key
-from weights_conversion.arcface import (
+from weights_conversion.common import (
     ConversionError,
-    _as_float32,
-    _first_sentence,
-    _key_list,
-    _to_flax_layout,
-    _torch_shape,
+    as_float32,
+    first_sentence,
+    key_list,
+    run_conversion,
+    to_flax_layout,
+    torch_shape,
 )
 
 _TORCH_LEAF = {"kernel": "weight", "negative_slope": "weight", "bias": "bias"}
@@ -89,7 +90,7 @@ def _torch_load(where: str, data: bytes) -> Any:
         ) from None
     # torch raises RuntimeError, EOFError, OSError, ... for damaged files.
     except Exception as err:  # noqa: BLE001
-        raise ConversionError(f"{where}: not a readable PyTorch file (truncated?): {_first_sentence(err)}") from None
+        raise ConversionError(f"{where}: not a readable PyTorch file (truncated?): {first_sentence(err)}") from None
 
 
 def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -115,19 +116,19 @@ def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]]) -> dict[st
             raise ConversionError(f"{net}: expected a state dict, found {type(state).__name__}")
         leaves = {path: leaf for path, leaf in expected_leaves.items() if path[0] == net}
         torch_keys = {path: f"{path[-2]}.{_TORCH_LEAF[path[-1]]}" for path in leaves}
-        expected = {torch_keys[path]: _torch_shape(leaf.shape) for path, leaf in leaves.items()}
+        expected = {torch_keys[path]: torch_shape(leaf.shape) for path, leaf in leaves.items()}
         missing = [key for key in expected if key not in state]
         if missing:
-            raise ConversionError(f"{net}: {_key_list('missing', missing, expected)}")
+            raise ConversionError(f"{net}: {key_list('missing', missing, expected)}")
         unexpected = [key for key in state if key not in expected]
         if unexpected:
             shapes = {key: tuple(getattr(state[key], "shape", ())) for key in unexpected}
-            raise ConversionError(f"{net}: {_key_list('unexpected', unexpected, shapes)}")
+            raise ConversionError(f"{net}: {key_list('unexpected', unexpected, shapes)}")
         for path, key in torch_keys.items():
-            array = _as_float32(state[key], f"{net}.{key}")
+            array = as_float32(state[key], f"{net}.{key}")
             if array.shape != expected[key]:
                 raise ConversionError(f"{net}: key {key!r}: expected shape {expected[key]}, found {array.shape}")
-            arrays[npz_key(path)] = _to_flax_layout(array)
+            arrays[npz_key(path)] = to_flax_layout(array)
     return arrays
 
 
@@ -206,13 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="the .npz to write, e.g. srise_jax/assets/mtcnn.npz")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
-    try:
-        out = convert_file(args.source, args.out, overwrite=args.overwrite)
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return run_conversion(lambda: convert_file(args.source, args.out, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

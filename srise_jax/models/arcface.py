@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
