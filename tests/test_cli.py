@@ -8,6 +8,7 @@ a coarse metric step, so that Deletion never flips (9 grid points, fraction
 """
 
 import importlib.resources
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -170,16 +171,52 @@ def test_convert_writes_a_checkpoint_and_refuses_a_bad_file(tmp_path, r18_pth, c
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_runs_and_says_its_maps_are_meaningless(tmp_path, capsys):
-    out_dir = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out_dir)] + TINY) == 0
-    out = capsys.readouterr().out
-    assert "MEANINGLESS" in out and "srise-jax convert" in out and "srise-jax explain" in out
+def _assert_demo_outputs(out_dir, model):
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        "curves.png", "explanation.png", "mate.png", "nonmate.png", "probe.png", "scores.json"]
+        "occlusion.png", "scores.json", "triplet.png"]
+    for name in ("triplet.png", "occlusion.png"):
+        with Image.open(out_dir / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100
     report = json.loads((out_dir / "scores.json").read_text())
-    assert "random" in report["settings"]["weights"]
-    assert all(-1.0 <= value <= 1.0 for value in report["similarity"].values())
+    assert report["model"].startswith(model)
+    for triplet in ("triplet", "occlusion"):
+        assert all(-1.0 <= v <= 1.0 for v in report[triplet]["similarity"].values())
+        assert set(report[triplet]["metrics"]) == set(viz.MAP_NAMES)
+    return report
+
+
+def test_demo_with_arcface_weights_writes_both_triplets(tmp_path, weights, capsys):
+    out_dir = tmp_path / "demo"
+    status = cli.main(["demo", "--model", "arcface", "--weights", str(weights),
+                       "--out", str(out_dir)] + TINY)
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    report = _assert_demo_outputs(out_dir, "ArcFace r18")
+    assert report["threshold"] == -1.0
+    assert f"wrote {out_dir / 'triplet.png'}" in out
+
+
+def test_demo_with_dlib_runs_end_to_end(tmp_path, capsys):
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("the dlib model needs: pip install 'srise-jax[demo]'")
+    out_dir = tmp_path / "demo"
+    status = cli.main(["demo", "--out", str(out_dir), "--num-masks", "16",
+                       "--batch-size", "8", "--metric-step", "2250"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    report = _assert_demo_outputs(out_dir, "dlib")
+    # dlib's own rule on the sample photos: obama matches obama2, not biden.
+    assert report["triplet"]["match"] == {"mate": True, "nonmate": False}
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "arcface"], "--model arcface needs --weights"),
+    (["--model", "dlib", "--weights", "somewhere"], "--weights is for --model arcface"),
+])
+def test_model_options_are_checked(tmp_path, capsys, extra, needle):
+    status = cli.main(["demo", "--out", str(tmp_path / "demo")] + extra + TINY)
+    _assert_one_error_line(status, capsys, needle)
+    assert not (tmp_path / "demo").exists()
 
 
 def test_installed_script_reports_errors_in_one_line(tmp_path):

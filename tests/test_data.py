@@ -133,3 +133,20 @@ def test_sample_triplet_is_aligned_cached_and_returns_copies():
     again = sample_triplet()
     assert again[0].max() > 0.0
     np.testing.assert_array_equal(again[1], mate)
+
+
+def test_occlusion_follows_a_scaled_template_like_the_default():
+    """A template given explicitly maps the occluder through the similarity.
+
+    ARCFACE_112 scaled to 224 is the same frame as the default rule at 224,
+    so both must paint the same pixels; a shifted template shifts the region.
+    """
+    scaled = np.asarray(ARCFACE_112) * 2.0
+    for kind in OCCLUSION_KINDS:
+        default = np.asarray(occlusion_region(kind, height=224, width=224))
+        explicit = np.asarray(occlusion_region(kind, height=224, width=224,
+                                                    template=scaled))
+        assert (default != explicit).mean() < 0.002
+        shifted = np.asarray(occlusion_region(kind, height=224, width=224,
+                                                   template=scaled + [0.0, 10.0]))
+        np.testing.assert_array_equal(shifted[10:], explicit[:-10])

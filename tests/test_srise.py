@@ -218,7 +218,8 @@ MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, sys.argv[1])
-        from srise_jax import srise
+    from conftest import region_embed
+    from srise_jax import srise
     assert jax.device_count() == 4, jax.devices()
     embed_fn = region_embed((8, 16, 12, 20))
     params = {"const": jnp.full((64,), 0.5), "offset": jnp.float32(0.0)}

@@ -135,3 +135,23 @@ def test_atomic_file_has_ordinary_permissions(tmp_path):
     ordinary = tmp_path / "ordinary.bin"
     ordinary.write_bytes(b"")
     assert path.stat().st_mode == ordinary.stat().st_mode
+
+
+def test_relative_view_removes_each_pairs_mean_score(faces):
+    """Coverage maps sit near their pair's mean score: the offset must not hide the structure."""
+    def pair(offset, peak, similarity):
+        blob = _blob(50, 56, peak)
+        scores = jnp.full(4, offset, jnp.float32)
+        return srise.PairSaliency(blob + offset, blob + offset, scores, scores,
+                                  jnp.float32(similarity))
+
+    triplet = srise.TripletSaliency(pair(0.7, 0.05, 0.8), pair(0.1, 0.02, 0.2))
+    absolute = _overlays(viz.plot_triplet(*faces, triplet, relative=False))
+    relative = _overlays(viz.plot_triplet(*faces, triplet))
+    spread = lambda image: float(np.ptp(image.get_array()))
+    # As they are, the 0.6 offset between pairs takes the whole scale.
+    assert spread(absolute["probe_vs_mate"]) < 0.1
+    # Relative to each pair's mean, the match map's blob fills the scale and
+    # the weaker non-match blob stays shallower on the same scale.
+    assert spread(relative["probe_vs_mate"]) == pytest.approx(1.0, abs=1e-3)
+    assert 0.2 < spread(relative["probe_vs_nonmate"]) < 0.6

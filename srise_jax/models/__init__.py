@@ -1,6 +1,14 @@
 """Face-embedding models that follow the ``embed_fn(params, images)`` contract."""
 
 from srise_jax.models.arcface import load_arcface, save_arcface
+from srise_jax.models.dlib_resnet import INPUT_SIZE as DLIB_INPUT_SIZE
+from srise_jax.models.dlib_resnet import (
+    DLIB_DISTANCE_THRESHOLD,
+    DLIB_THRESHOLD,
+    DlibResNet,
+    dlib_embed_fn,
+    load_dlib,
+)
 from srise_jax.models.iresnet import (
     ARCH_BLOCKS,
     EMBEDDING_DIM,
@@ -13,15 +21,21 @@ from srise_jax.models.mtcnn import ONet, PNet, RNet, load_mtcnn, onet_apply, pne
 
 __all__ = [
     "ARCH_BLOCKS",
+    "DLIB_DISTANCE_THRESHOLD",
+    "DLIB_INPUT_SIZE",
+    "DLIB_THRESHOLD",
+    "DlibResNet",
     "EMBEDDING_DIM",
     "INPUT_SIZE",
     "IResNet",
     "ONet",
     "PNet",
     "RNet",
+    "dlib_embed_fn",
     "iresnet_embed_fn",
     "iresnet_init",
     "load_arcface",
+    "load_dlib",
     "load_mtcnn",
     "onet_apply",
     "pnet_apply",

