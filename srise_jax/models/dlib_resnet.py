@@ -38,7 +38,7 @@ from srise_jax.models.checkpoint import (
     restore_variables,
     save_checkpoint,
 )
-from srise_jax.models.iresnet import EmbedFn
+from srise_jax.models.embedding import EmbedFn, module_embed_fn
 
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
@@ -181,19 +181,11 @@ class DlibResNet(nn.Module):
 @functools.lru_cache(maxsize=None)
 def _cached_embed_fn(dtype_name: str) -> EmbedFn:
     """One embed function per dtype, so jit caches keyed on it are shared."""
-    model = DlibResNet(dtype=jnp.dtype(dtype_name))
-    expected = (INPUT_SIZE, INPUT_SIZE, 3)
-
-    def embed_fn(params: Any, images: jax.Array) -> jax.Array:
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"dlib ResNet expects images of shape [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {tuple(images.shape)}"
-            )
-        return model.apply(params, images)
-
-    embed_fn.__name__ = embed_fn.__qualname__ = f"dlib_resnet_{dtype_name}_embed"
-    embed_fn.__doc__ = f"dlib ResNet ({dtype_name} compute): params, [B, 150, 150, 3] RGB in [0, 1] -> [B, 128]."
-    return embed_fn
+    return module_embed_fn(
+        DlibResNet(dtype=jnp.dtype(dtype_name)), input_size=INPUT_SIZE, label="dlib ResNet",
+        name=f"dlib_resnet_{dtype_name}_embed",
+        doc=f"dlib ResNet ({dtype_name} compute): params, [B, 150, 150, 3] RGB in [0, 1] "
+            "-> [B, 128].")
 
 
 def dlib_embed_fn(*, dtype: Any = jnp.float32) -> EmbedFn:

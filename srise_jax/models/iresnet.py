@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from srise_jax.models.embedding import EmbedFn, module_embed_fn
+
 ARCH_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "r18": (2, 2, 2, 2),
     "r34": (3, 4, 6, 3),
@@ -31,7 +33,6 @@ _STAGE_WIDTHS = (64, 128, 256, 512)
 # PyTorch's BatchNorm default, which insightface keeps everywhere.
 _BN_EPS = 1e-5
 
-EmbedFn = Callable[[Any, jax.Array], jax.Array]
 
 
 def _conv(features: int, *, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
@@ -195,21 +196,11 @@ def arch_blocks(arch: str) -> tuple[int, int, int, int]:
 @functools.lru_cache(maxsize=None)
 def _cached_embed_fn(arch: str, dtype_name: str) -> EmbedFn:
     """One embed function per (arch, dtype), so jit caches keyed on it are shared."""
-    model = IResNet(ARCH_BLOCKS[arch], dtype=jnp.dtype(dtype_name))
-    expected = (INPUT_SIZE, INPUT_SIZE, 3)
-
-    def embed_fn(params: Any, images: jax.Array) -> jax.Array:
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"iResNet expects images of shape [B, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {tuple(images.shape)}"
-            )
-        return model.apply(params, images)
-
-    embed_fn.__name__ = embed_fn.__qualname__ = f"iresnet_{arch}_{dtype_name}_embed"
-    embed_fn.__doc__ = (
-        f"iResNet-{arch[1:]} ({dtype_name} compute): params, [B, 112, 112, 3] RGB in [0, 1] -> [B, 512]."
-    )
-    return embed_fn
+    return module_embed_fn(
+        IResNet(ARCH_BLOCKS[arch], dtype=jnp.dtype(dtype_name)), input_size=INPUT_SIZE,
+        label="iResNet", name=f"iresnet_{arch}_{dtype_name}_embed",
+        doc=f"iResNet-{arch[1:]} ({dtype_name} compute): params, [B, 112, 112, 3] RGB in "
+            "[0, 1] -> [B, 512].")
 
 
 def iresnet_embed_fn(arch: str, *, dtype: Any = jnp.float32) -> EmbedFn:
