@@ -2,7 +2,9 @@
 
 Where things are: the kernel in `srise_jax.srise`, the masks in
 `srise_jax.masks`, Deletion/Insertion in `srise_jax.metrics`, the models in
-`srise_jax.models`, face detection in `srise_jax.detect` and alignment in
+`srise_jax.models`, the other explainers (gradients, RISE, CorrRISE, ...)
+in `srise_jax.explainers`, thresholds in `srise_jax.thresholds`, datasets and
+triplet protocols in `srise_jax.protocols`, face detection in `srise_jax.detect` and alignment in
 `srise_jax.align`, the sample photos in `srise_jax.data`, figures in
 `srise_jax.viz`, the command line in `srise_jax.cli`.
 """
@@ -18,6 +20,7 @@ from srise_jax.align import (
 )
 from srise_jax.data import occlude, occlusion_region, sample_faces, sample_triplet
 from srise_jax.detect import Faces, detect_faces
+from srise_jax.explainers import explainer_kind, get_explainer, list_explainers
 from srise_jax.images import ImageError, load_face, load_image, synthetic_faces
 from srise_jax.masks import gaussian_mask, gaussian_masks, rise_mask, rise_masks
 from srise_jax.metrics import MetricResult, deletion, deletion_insertion, insertion
@@ -25,12 +28,30 @@ from srise_jax.models import (
     ARCH_BLOCKS,
     DLIB_THRESHOLD,
     dlib_embed_fn,
+    dlib_feature_fns,
     iresnet_embed_fn,
+    iresnet_feature_fns,
     iresnet_init,
     load_arcface,
     load_dlib,
 )
+from srise_jax.protocols import (
+    Pair,
+    Triplet,
+    load_protocol_face,
+    read_identity_folders,
+    read_lfw_pairs,
+    sample_protocol,
+    sample_triplets,
+)
 from srise_jax.similarity import cosine_similarity, unit_normalize
+from srise_jax.thresholds import (
+    Roc,
+    calibrate_threshold,
+    equal_error_rate,
+    roc_curve,
+    verification_accuracy,
+)
 from srise_jax.viz import plot_curves, plot_triplet
 from srise_jax.srise import (
     PairSaliency,
@@ -52,6 +73,7 @@ __all__ = [
     "align_face",
     "ARCFACE_112",
     "ARCH_BLOCKS",
+    "calibrate_threshold",
     "cosine_similarity",
     "deletion",
     "deletion_insertion",
@@ -59,39 +81,55 @@ __all__ = [
     "detect_faces",
     "DLIB_150",
     "dlib_embed_fn",
+    "dlib_feature_fns",
     "DLIB_THRESHOLD",
+    "equal_error_rate",
+    "explainer_kind",
     "Faces",
     "finalize_triplet",
     "gaussian_mask",
     "gaussian_masks",
+    "get_explainer",
     "ImageError",
     "insertion",
     "iresnet_embed_fn",
+    "iresnet_feature_fns",
     "iresnet_init",
+    "list_explainers",
     "load_arcface",
     "load_dlib",
     "load_face",
     "load_image",
+    "load_protocol_face",
     "MetricResult",
     "NoFaceError",
     "normalize_jointly",
     "occlude",
     "occlusion_region",
+    "Pair",
     "PairSaliency",
     "plot_curves",
     "plot_triplet",
     "preprocess",
+    "read_identity_folders",
+    "read_lfw_pairs",
     "rise_mask",
     "rise_masks",
+    "Roc",
+    "roc_curve",
     "SaliencySums",
     "sample_faces",
+    "sample_protocol",
     "sample_triplet",
+    "sample_triplets",
     "similarity_transform",
     "srise_pair",
     "srise_triplet",
     "SRiseConfig",
     "synthetic_faces",
+    "Triplet",
     "triplet_sums",
     "TripletSaliency",
     "unit_normalize",
+    "verification_accuracy",
 ]

@@ -7,14 +7,17 @@ from srise_jax.models.dlib_resnet import (
     DLIB_THRESHOLD,
     DlibResNet,
     dlib_embed_fn,
+    dlib_feature_fns,
     load_dlib,
 )
+from srise_jax.models.embedding import FeatureFns
 from srise_jax.models.iresnet import (
     ARCH_BLOCKS,
     EMBEDDING_DIM,
     INPUT_SIZE,
     IResNet,
     iresnet_embed_fn,
+    iresnet_feature_fns,
     iresnet_init,
 )
 from srise_jax.models.mtcnn import ONet, PNet, RNet, load_mtcnn, onet_apply, pnet_apply, rnet_apply
@@ -31,8 +34,11 @@ __all__ = [
     "ONet",
     "PNet",
     "RNet",
+    "FeatureFns",
     "dlib_embed_fn",
+    "dlib_feature_fns",
     "iresnet_embed_fn",
+    "iresnet_feature_fns",
     "iresnet_init",
     "load_arcface",
     "load_dlib",

@@ -38,7 +38,7 @@ from srise_jax.models.checkpoint import (
     restore_variables,
     save_checkpoint,
 )
-from srise_jax.models.embedding import EmbedFn, module_embed_fn
+from srise_jax.models.embedding import EmbedFn, FeatureFns, module_embed_fn, module_feature_fns
 
 INPUT_SIZE = 150
 EMBEDDING_DIM = 128
@@ -163,19 +163,47 @@ class DlibResNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        x = (images * 255.0 - jnp.asarray(_MEAN_RGB, jnp.float32)) / _INPUT_SCALE
-        x = _conv(x.astype(self.dtype), _STEM_FILTERS, kernel=7, stride=2, dtype=self.dtype, name="conv")
-        x = nn.relu(Affine(dtype=self.dtype, name="affine")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
-        index = 0
-        for features, blocks, downsample in _LEVELS:
-            for i in range(blocks):
-                x = Residual(features, downsample and i == 0, dtype=self.dtype, name=f"block{index}")(x)
-                index += 1
+    def __call__(self, images: jax.Array, *, part: str = "all") -> jax.Array:
+        """Descriptors of ``images``; ``part`` runs only the body or only the head.
+
+        Args:
+          images: ``[B, 150, 150, 3]`` RGB in [0, 1]; for ``part="head"`` the
+            body's output ``[B, h, w, 256]`` instead.
+          part: "all" (the descriptor), "features" (the last residual level's
+            output, before ``avg_pool_everything``: what Grad-CAM reads) or
+            "head" (pooling and ``fc`` applied to such features). Every
+            submodule is named explicitly, so skipping some leaves the
+            parameter tree unchanged.
+
+        Returns:
+          ``[B, 128]`` descriptors, or ``[B, h, w, 256]`` features for "features".
+        """
+        if part not in ("all", "features", "head"):
+            raise ValueError(f"part must be 'all', 'features' or 'head', got {part!r}")
+        x = images
+        if part != "head":
+            x = (x * 255.0 - jnp.asarray(_MEAN_RGB, jnp.float32)) / _INPUT_SCALE
+            x = _conv(x.astype(self.dtype), _STEM_FILTERS, kernel=7, stride=2, dtype=self.dtype, name="conv")
+            x = nn.relu(Affine(dtype=self.dtype, name="affine")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2))
+            index = 0
+            for features, blocks, downsample in _LEVELS:
+                for i in range(blocks):
+                    x = Residual(features, downsample and i == 0, dtype=self.dtype, name=f"block{index}")(x)
+                    index += 1
+            if part == "features":
+                return x
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         # dlib's fc_ computes x @ W with W stored as (num_inputs, num_outputs).
         return nn.Dense(EMBEDDING_DIM, use_bias=False, name="fc")(x)
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """The last residual level's output ``[B, h, w, 256]``, for ``apply(..., method=)``."""
+        return self(images, part="features")
+
+    def head(self, features: jax.Array) -> jax.Array:
+        """The descriptor ``[B, 128]`` from ``features``; ``head(features(x)) == self(x)``."""
+        return self(features, part="head")
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,6 +228,29 @@ def dlib_embed_fn(*, dtype: Any = jnp.float32) -> EmbedFn:
       (``{"params": ...}``).
     """
     return _cached_embed_fn(jnp.dtype(dtype).name)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_feature_fns(dtype_name: str) -> FeatureFns:
+    """One pair of feature functions per dtype, like ``_cached_embed_fn``."""
+    return module_feature_fns(DlibResNet(dtype=jnp.dtype(dtype_name)), input_size=INPUT_SIZE,
+                              label="dlib ResNet")
+
+
+def dlib_feature_fns(*, dtype: Any = jnp.float32) -> FeatureFns:
+    """dlib's ResNet split at its last residual level, for Grad-CAM.
+
+    Args:
+      dtype: compute dtype; params stay float32.
+
+    Returns:
+      ``(features_fn, head_fn)``, the same objects on every call:
+      ``features_fn(params, images) -> [B, h, w, 256]`` is the last level's
+      output (before ``avg_pool_everything``) and ``head_fn(params, features)
+      -> [B, 128]`` the pooling and ``fc``, so that
+      ``head_fn(params, features_fn(params, x)) == dlib_embed_fn()(params, x)``.
+    """
+    return _cached_feature_fns(jnp.dtype(dtype).name)
 
 
 def abstract_variables() -> Any:

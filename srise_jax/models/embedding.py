@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 
 EmbedFn = Callable[[Any, jax.Array], jax.Array]
+
+
+class FeatureFns(NamedTuple):
+    """A network split at its last convolutional stage (what Grad-CAM weighs).
+
+    ``head_fn(params, features_fn(params, images))`` equals the network's
+    ``embed_fn(params, images)``.
+    """
+
+    features_fn: Callable[[Any, jax.Array], jax.Array]
+    head_fn: Callable[[Any, jax.Array], jax.Array]
 
 
 def module_embed_fn(model: nn.Module, *, input_size: int, label: str, name: str,
@@ -36,3 +47,28 @@ def module_embed_fn(model: nn.Module, *, input_size: int, label: str, name: str,
     embed_fn.__name__ = embed_fn.__qualname__ = name
     embed_fn.__doc__ = doc
     return embed_fn
+
+
+def module_feature_fns(model: nn.Module, *, input_size: int, label: str) -> FeatureFns:
+    """`FeatureFns` of a Flax module with `features` and `head` methods.
+
+    The caller caches the result, as for `module_embed_fn`.
+
+    Args:
+      model: a Flax module whose `features(images)` returns [B, h, w, C] and
+        whose `head(features)` returns the embeddings [B, D].
+      input_size: the square input side the model expects.
+      label: the model's name in error messages.
+    """
+    expected = (input_size, input_size, 3)
+
+    def features_fn(params: Any, images: jax.Array) -> jax.Array:
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"{label} expects images of shape [B, {input_size}, {input_size}, 3], "
+                             f"got {tuple(images.shape)}")
+        return model.apply(params, images, method=type(model).features)
+
+    def head_fn(params: Any, features: jax.Array) -> jax.Array:
+        return model.apply(params, features, method=type(model).head)
+
+    return FeatureFns(features_fn, head_fn)

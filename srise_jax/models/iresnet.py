@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from srise_jax.models.embedding import EmbedFn, module_embed_fn
+from srise_jax.models.embedding import EmbedFn, FeatureFns, module_embed_fn, module_feature_fns
 
 ARCH_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "r18": (2, 2, 2, 2),
@@ -161,19 +161,47 @@ class IResNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        x = ((images - 0.5) / 0.5).astype(self.dtype)
-        x = _conv(_STAGE_WIDTHS[0], kernel=3, stride=1, dtype=self.dtype, name="conv1")(x)
-        x = _batch_norm(dtype=self.dtype, name="bn1")(x)
-        x = PReLU(dtype=self.dtype, name="prelu")(x)
-        for i, (width, blocks) in enumerate(zip(_STAGE_WIDTHS, self.stage_blocks), start=1):
-            x = Stage(width, blocks, dtype=self.dtype, name=f"layer{i}")(x)
+    def __call__(self, images: jax.Array, *, part: str = "all") -> jax.Array:
+        """Embeddings of ``images``; ``part`` runs only the body or only the head.
+
+        Args:
+          images: ``[B, 112, 112, 3]`` RGB in [0, 1]; for ``part="head"`` the
+            body's output ``[B, 7, 7, 512]`` instead.
+          part: "all" (the embedding), "features" (``layer4``'s output, before
+            ``bn2``: the last convolutional stage, as Grad-CAM reads it) or
+            "head" (the rest of the network applied to such features). Every
+            submodule is named explicitly, so skipping some leaves the
+            parameter tree unchanged.
+
+        Returns:
+          ``[B, 512]`` embeddings, or ``[B, 7, 7, 512]`` features for "features".
+        """
+        if part not in ("all", "features", "head"):
+            raise ValueError(f"part must be 'all', 'features' or 'head', got {part!r}")
+        x = images
+        if part != "head":
+            x = ((x - 0.5) / 0.5).astype(self.dtype)
+            x = _conv(_STAGE_WIDTHS[0], kernel=3, stride=1, dtype=self.dtype, name="conv1")(x)
+            x = _batch_norm(dtype=self.dtype, name="bn1")(x)
+            x = PReLU(dtype=self.dtype, name="prelu")(x)
+            for i, (width, blocks) in enumerate(zip(_STAGE_WIDTHS, self.stage_blocks), start=1):
+                x = Stage(width, blocks, dtype=self.dtype, name=f"layer{i}")(x)
+            if part == "features":
+                return x
         x = _batch_norm(dtype=self.dtype, name="bn2")(x)
         # PyTorch flattens NCHW; flattening in that order lets ``fc`` keep its
         # PyTorch column order (a transposed NHWC flatten would need permuted weights).
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1).astype(jnp.float32)
         x = nn.Dense(EMBEDDING_DIM, name="fc")(x)
         return _batch_norm(dtype=jnp.float32, name="features")(x)
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """``layer4``'s output ``[B, 7, 7, 512]`` (compute dtype), for ``apply(..., method=)``."""
+        return self(images, part="features")
+
+    def head(self, features: jax.Array) -> jax.Array:
+        """The embedding ``[B, 512]`` from ``features``; ``head(features(x)) == self(x)``."""
+        return self(features, part="head")
 
 
 def arch_blocks(arch: str) -> tuple[int, int, int, int]:
@@ -217,6 +245,30 @@ def iresnet_embed_fn(arch: str, *, dtype: Any = jnp.float32) -> EmbedFn:
     """
     arch_blocks(arch)  # the clear error for an unknown name, before the cache sees it
     return _cached_embed_fn(arch, jnp.dtype(dtype).name)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_feature_fns(arch: str, dtype_name: str) -> FeatureFns:
+    """One pair of feature functions per (arch, dtype), like ``_cached_embed_fn``."""
+    return module_feature_fns(IResNet(ARCH_BLOCKS[arch], dtype=jnp.dtype(dtype_name)),
+                              input_size=INPUT_SIZE, label="iResNet")
+
+
+def iresnet_feature_fns(arch: str, *, dtype: Any = jnp.float32) -> FeatureFns:
+    """The network split at its last convolutional stage, for Grad-CAM.
+
+    Args:
+      arch: one of ``ARCH_BLOCKS``.
+      dtype: compute dtype; params stay float32.
+
+    Returns:
+      ``(features_fn, head_fn)``, the same objects on every call:
+      ``features_fn(params, images) -> [B, 7, 7, 512]`` is ``layer4``'s output
+      (before ``bn2``) and ``head_fn(params, features) -> [B, 512]`` the rest, so
+      that ``head_fn(params, features_fn(params, x)) == iresnet_embed_fn(arch)(params, x)``.
+    """
+    arch_blocks(arch)
+    return _cached_feature_fns(arch, jnp.dtype(dtype).name)
 
 
 def abstract_variables(arch: str) -> Any:

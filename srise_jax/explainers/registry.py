@@ -1,0 +1,69 @@
+"""Explainers by name, so the command line and the benchmark can list and pick them.
+
+Every explainer has one signature:
+
+    explainer(embed_fn, params, image, reference, key, **options) -> saliency
+
+with `image` and `reference` Float[Array, "h w 3"] RGB in [0, 1] and
+`saliency` Float[Array, "h w"] explaining `image`'s pixels for the cosine
+similarity of its embedding to `reference`'s (higher: more important). It is
+pure: jit it with `embed_fn` and the options static, vmap it over (image,
+reference, key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+KINDS = ("perturbation", "gradient", "reference", "optimisation")
+
+
+class Entry(NamedTuple):
+    """A registered explainer: the function and what kind of method it is."""
+
+    fn: Callable
+    kind: str
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
+    """Decorator: make an explainer available as `get_explainer(name)`.
+
+    Args:
+      name: the public name (lower case, as the command line spells it).
+      kind: one of `KINDS`.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+    def add(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"an explainer named {name!r} is already registered")
+        _REGISTRY[name] = Entry(fn, kind)
+        return fn
+
+    return add
+
+
+def get_explainer(name: str) -> Callable:
+    """The explainer registered as `name`; ValueError listing the names if unknown."""
+    try:
+        return _REGISTRY[name].fn
+    except KeyError:
+        raise ValueError(f"unknown explainer {name!r}; available: "
+                         f"{', '.join(list_explainers())}") from None
+
+
+def explainer_kind(name: str) -> str:
+    """The kind (`KINDS`) of the explainer registered as `name`."""
+    get_explainer(name)
+    return _REGISTRY[name].kind
+
+
+def list_explainers(kind: str | None = None) -> tuple[str, ...]:
+    """The registered names, sorted; only those of `kind` if given."""
+    return tuple(sorted(name for name, entry in _REGISTRY.items()
+                        if kind is None or entry.kind == kind))
