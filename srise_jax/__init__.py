@@ -44,6 +44,7 @@ from srise_jax.protocols import (
     sample_protocol,
     sample_triplets,
 )
+from srise_jax.sanity import SanityResult, cascading_randomization, layer_groups, randomize
 from srise_jax.similarity import cosine_similarity, unit_normalize
 from srise_jax.thresholds import (
     Roc,
@@ -74,6 +75,7 @@ __all__ = [
     "ARCFACE_112",
     "ARCH_BLOCKS",
     "calibrate_threshold",
+    "cascading_randomization",
     "cosine_similarity",
     "deletion",
     "deletion_insertion",
@@ -95,6 +97,7 @@ __all__ = [
     "iresnet_embed_fn",
     "iresnet_feature_fns",
     "iresnet_init",
+    "layer_groups",
     "list_explainers",
     "load_arcface",
     "load_dlib",
@@ -111,6 +114,7 @@ __all__ = [
     "plot_curves",
     "plot_triplet",
     "preprocess",
+    "randomize",
     "read_identity_folders",
     "read_lfw_pairs",
     "rise_mask",
@@ -122,6 +126,7 @@ __all__ = [
     "sample_protocol",
     "sample_triplet",
     "sample_triplets",
+    "SanityResult",
     "similarity_transform",
     "srise_pair",
     "srise_triplet",

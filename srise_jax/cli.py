@@ -5,6 +5,7 @@
     srise-jax convert backbone.pth DIR [--arch r50]
     srise-jax align photo.jpg ... --out DIR [--size 112]
     srise-jax demo [--out srise-demo]
+    srise-jax sanity [--model dlib|arcface --weights DIR] [--method srise] [--out DIR]
 
 File I/O, printing and progress bars live here; the library functions called
 stay pure. Every failure a user can cause (a missing or corrupt file, a bad
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -26,11 +28,13 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
 import srise_jax
-from srise_jax import align, data, images, metrics, models, srise, viz
+from srise_jax import align, data, images, metrics, models, sanity, srise, viz
+from srise_jax.explainers import get_explainer, list_explainers
 from srise_jax.models.arcface import read_metadata
 from weights_conversion.arcface import convert_file
 
@@ -200,6 +204,26 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(demo)
     _add_run_options(demo, num_masks=500, batch_size=64)
     demo.set_defaults(command=_demo)
+
+    sanity_cmd = commands.add_parser(
+        "sanity", help="model-parameter randomization test of an explainer",
+        description="Cascading model-parameter randomization (Adebayo et al., 2018) on "
+                    "the sample probe (obama) against its mate (obama2): the model's "
+                    "layer groups are re-initialised from the top down, and each map is "
+                    "compared with the original one. Writes OUT/sanity.png and "
+                    "OUT/sanity.csv (step, group, spearman, ssim).")
+    _add_model_options(sanity_cmd)
+    sanity_cmd.add_argument("--method", choices=list_explainers("perturbation"),
+                            default="srise", help="explainer (default: %(default)s)")
+    sanity_cmd.add_argument("--num-masks", type=_positive_int, default=200,
+                            help="masks per map (default: %(default)s)")
+    sanity_cmd.add_argument("--batch-size", type=_positive_int, default=64,
+                            help="images per forward pass (default: %(default)s)")
+    sanity_cmd.add_argument("--seed", type=_seed, default=0,
+                            help="random seed (default: %(default)s)")
+    sanity_cmd.add_argument("--out", type=Path, default=Path("srise-sanity"),
+                            help="directory for the figure and table (default: %(default)s)")
+    sanity_cmd.set_defaults(command=_sanity)
     return parser
 
 
@@ -326,6 +350,60 @@ def _demo(args: argparse.Namespace) -> int:
     written.append(out / "scores.json")
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    """`srise-jax sanity`: cascading randomization on the sample probe and mate."""
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"{out}: exists and is not a directory")
+    name = _model_name(args)
+    size, template = _FRAMES[name]
+    photos = data.sample_faces()
+    probe, mate = (align.detect_and_align(photos[face], size=size, template=template).face
+                   for face in ("obama", "obama2"))
+    model = _load_model(args, name)
+    explainer = functools.partial(get_explainer(args.method), num_masks=args.num_masks,
+                                  batch_size=args.batch_size)
+    print(f"{args.method} on {model.label}: randomizing "
+          f"{', '.join(sanity.layer_groups(model.params))}", flush=True)
+    result = sanity.cascading_randomization(explainer, model.embed_fn, model.params,
+                                            probe, mate, jax.random.key(args.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    figure, table = out / "sanity.png", out / "sanity.csv"
+    _plot_sanity(probe, result, path=figure,
+                 title=f"{args.method}, {model.label}, N = {args.num_masks}: "
+                       "cascading randomization")
+    rows = ["step,group,spearman,ssim"] + [
+        f"{step},{group},{float(rho):.6f},{float(value):.6f}"
+        for step, (group, rho, value) in enumerate(
+            zip(result.steps, result.spearman, result.ssim), start=1)]
+    with viz.atomic_file(table) as file:
+        file.write(("\n".join(rows) + "\n").encode())
+    print(f"  {'step':>4} {'group':<10} {'spearman':>9} {'ssim':>7}")
+    for row in rows[1:]:
+        step, group, rho, value = row.split(",")
+        print(f"  {step:>4} {group:<10} {float(rho):>9.4f} {float(value):>7.4f}")
+    print(f"wrote {figure}, {table}")
+    return 0
+
+
+def _plot_sanity(face, result: sanity.SanityResult, *, path: Path, title: str) -> None:
+    """The face, the original map, then each step's map titled with its Spearman."""
+    count = len(result.maps) + 1
+    figure = Figure(figsize=(1.6 * count, 2.2), dpi=100, layout="constrained")
+    axes = figure.subplots(1, count, squeeze=False)[0]
+    titles = ["face", "original"] + [f"{group}\n\u03c1 = {float(rho):.2f}"
+                                     for group, rho in zip(result.steps, result.spearman)]
+    axes[0].imshow(np.clip(np.asarray(face), 0.0, 1.0))
+    for panel, saliency in zip(axes[1:], np.asarray(result.maps)):
+        panel.imshow(saliency, cmap="jet")
+    for panel, text in zip(axes, titles):
+        panel.set_title(text, fontsize=8)
+        panel.set_xticks([])
+        panel.set_yticks([])
+    figure.suptitle(title, fontsize=9)
+    viz.save_png(figure, path)
 
 
 def _align(args: argparse.Namespace) -> int:

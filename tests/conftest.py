@@ -43,3 +43,35 @@ def planted_region():
               "offset": jnp.float32(0.0)}
     return region_embed(region), params, region, jnp.asarray(probe), \
         jnp.asarray(mate)
+
+
+@pytest.fixture(scope="session")
+def r18_pth(tmp_path_factory):
+    """A random iResNet-18 saved as a PyTorch state dict by tests/torch_iresnet.py."""
+    import torch
+    from torch_iresnet import TorchIResNet, randomize_
+
+    from srise_jax.models import ARCH_BLOCKS
+
+    path = tmp_path_factory.mktemp("torch") / "backbone.pth"
+    torch.save(randomize_(TorchIResNet(ARCH_BLOCKS["r18"]), seed=0).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory, r18_pth):
+    """That r18 converted by weights_conversion.arcface: a checkpoint directory."""
+    from weights_conversion.arcface import convert_file
+
+    return convert_file(r18_pth, tmp_path_factory.mktemp("ckpt") / "r18")
+
+
+def assert_one_error_line(status, capsys, *needles):
+    """The command failed with status 2 and ONE stderr line containing `needles`."""
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("srise-jax: error: ")
+    for needle in needles:
+        assert needle in err
+    return out

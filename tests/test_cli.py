@@ -2,7 +2,7 @@
 
 The model is a random iResNet-18 written as a PyTorch state dict by the
 independent reference in tests/torch_iresnet.py and converted once per
-module. The settings are tiny: 16 masks, batch 8, and a threshold of -1 with
+test session (conftest.py). The settings are tiny: 16 masks, batch 8, and a threshold of -1 with
 a coarse metric step, so that Deletion never flips (9 grid points, fraction
 1.0) and Insertion is undefined at once (NaN, reported as null + reason).
 """
@@ -20,29 +20,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch_iresnet import TorchIResNet, randomize_
 
+from conftest import assert_one_error_line as _assert_one_error_line
 from srise_jax import cli, srise, viz
 from srise_jax.images import synthetic_faces
-from srise_jax.models import ARCH_BLOCKS
-from weights_conversion.arcface import convert_file
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 
 TINY = ["--num-masks", "16", "--batch-size", "8", "--threshold", "-1",
         "--metric-step", "1568"]
-
-
-@pytest.fixture(scope="module")
-def r18_pth(tmp_path_factory):
-    path = tmp_path_factory.mktemp("torch") / "backbone.pth"
-    torch.save(randomize_(TorchIResNet(ARCH_BLOCKS["r18"]), seed=0).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory, r18_pth):
-    return convert_file(r18_pth, tmp_path_factory.mktemp("ckpt") / "r18")
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +94,6 @@ def test_mask_ranges_add_up_to_one_full_run(planted_region, share_probe_masks):
     whole = srise.srise_triplet(embed_fn, params, probe, mate, nonmate, key, config)
     for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def _assert_one_error_line(status, capsys, *needles):
-    out, err = capsys.readouterr()
-    assert status == 2
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("srise-jax: error: ")
-    for needle in needles:
-        assert needle in err
-    return out
 
 
 def _set(option, value):
