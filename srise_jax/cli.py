@@ -150,8 +150,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     explain = commands.add_parser(
-        "explain", help="explain a (probe, mate, nonmate) triplet: aligned crops, or photos "
-                           "with --align",
+        "explain",
+        help="explain a (probe, mate, nonmate) triplet: aligned crops, or photos with --align",
         description="Explain why a face-recognition model matches a probe with its mate "
                     "and not with a nonmate: S-RISE maps of both pairs, as a figure; "
                     "with --json, also the similarities and Deletion/Insertion scores.")
