@@ -18,7 +18,7 @@ from srise_jax.align import (
     preprocess,
     similarity_transform,
 )
-from srise_jax.data import occlude, occlusion_region, sample_faces, sample_triplet
+from srise_jax.data import aligned_sample, occlude, occlusion_region, sample_faces, sample_triplet
 from srise_jax.detect import Faces, detect_faces
 from srise_jax.explainers import explainer_kind, get_explainer, list_explainers
 from srise_jax.images import ImageError, load_face, load_image, synthetic_faces
@@ -72,6 +72,7 @@ __version__ = "0.1.0"
 __all__ = [
     "add_sums",
     "align_face",
+    "aligned_sample",
     "ARCFACE_112",
     "ARCH_BLOCKS",
     "calibrate_threshold",

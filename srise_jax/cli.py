@@ -323,10 +323,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise _UsageError(f"{out}: exists and is not a directory")
     model = _load_model(args, _model_name(args))
     threshold = model.threshold if args.threshold is None else args.threshold
-    photos = data.sample_faces()
-    probe, mate, nonmate = (
-        align.detect_and_align(photos[name], size=model.size, template=model.template).face
-        for name in ("obama", "obama2", "biden"))
+    probe, mate, nonmate = data.sample_triplet(model.size, template=model.template)
     # The paper's Fig. 5: the "nonmate" is the probe's person with a mask on.
     occluded = np.asarray(data.occlude(probe, "mask", template=model.template))
     triplets = {
@@ -346,7 +343,7 @@ def _demo(args: argparse.Namespace) -> int:
         report[name] = _report(run, threshold=threshold)
         _print_summary(run, threshold=threshold)
     report["settings"] = _settings(args, model, run, threshold,
-                                   {"photos": "srise_jax.data.sample_faces()"})
+                                   {"photos": "srise_jax.data.sample_triplet(): obama, obama2, biden"})
     _write_json(out / "scores.json", report)
     written.append(out / "scores.json")
     print(f"wrote {', '.join(str(path) for path in written)}")
@@ -360,8 +357,7 @@ def _sanity(args: argparse.Namespace) -> int:
         raise _UsageError(f"{out}: exists and is not a directory")
     name = _model_name(args)
     size, template = _FRAMES[name]
-    photos = data.sample_faces()
-    probe, mate = (align.detect_and_align(photos[face], size=size, template=template).face
+    probe, mate = (data.aligned_sample(face, size=size, template=template)
                    for face in ("obama", "obama2"))
     model = _load_model(args, name)
     explainer = functools.partial(get_explainer(args.method), num_masks=args.num_masks,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srise_jax.align import ARCFACE_112, preprocess, similarity_transform
+from srise_jax.align import ARCFACE_112, detect_and_align, similarity_transform
 from srise_jax.images import load_image
 
 SAMPLE_NAMES = ("obama", "obama2", "obama3", "obama_partial_face",
@@ -33,33 +33,65 @@ def sample_faces() -> dict[str, np.ndarray]:
       face small in a full-length portrait; the "partial_face" photos are cut
       off at the image border.
     """
+    return {name: _sample_photo(name) for name in SAMPLE_NAMES}
+
+
+def _sample_photo(name: str) -> np.ndarray:
     faces_dir = importlib.resources.files("srise_jax").joinpath("assets", "faces")
-    photos = {}
-    for name in SAMPLE_NAMES:
-        with importlib.resources.as_file(faces_dir.joinpath(f"{name}.jpg")) as path:
-            photos[name] = load_image(path)
-    return photos
+    with importlib.resources.as_file(faces_dir.joinpath(f"{name}.jpg")) as path:
+        return load_image(path)
 
 
-def sample_triplet(size: int = 112) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aligned_sample(name: str, *, size: int = 112,
+                   template: np.ndarray = ARCFACE_112) -> np.ndarray:
+    """One sample photo detected (MTCNN) and aligned, cached per (name, size, template).
+
+    Args:
+      name: one of `SAMPLE_NAMES`.
+      size: side of the crop in pixels.
+      template: the alignment template, as in `srise_jax.align.preprocess`
+        (`ARCFACE_112`, scaled to the size, or e.g. `DLIB_150`).
+
+    Returns:
+      Float[ndarray, "size size 3"] float32 in [0, 1], a new array.
+
+    Raises:
+      ValueError: unknown name.
+    """
+    if name not in SAMPLE_NAMES:
+        raise ValueError(f"unknown sample photo {name!r}; expected one of "
+                         f"{', '.join(SAMPLE_NAMES)}")
+    # ARCFACE_112 itself is scaled to the size by `align_face`; any other
+    # template is keyed by its values.
+    template_key = None if template is ARCFACE_112 else tuple(
+        np.asarray(template, np.float32).ravel().tolist())
+    return _aligned_sample(name, size, template_key).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _aligned_sample(name: str, size: int, template_key) -> np.ndarray:
+    template = ARCFACE_112 if template_key is None else np.asarray(
+        template_key, np.float32).reshape(-1, 2)
+    face = detect_and_align(_sample_photo(name), size=size, template=template).face
+    face.setflags(write=False)
+    return face
+
+
+def sample_triplet(size: int = 112, *, template: np.ndarray = ARCFACE_112
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An aligned (probe, mate, nonmate) triplet: obama, obama2 and biden.
 
-    The detector runs once per size; later calls return copies of the result.
+    The detector runs once per (size, template); later calls return copies.
 
     Args:
       size: side of the aligned crops in pixels.
+      template: the alignment template (see `aligned_sample`).
 
     Returns:
       (probe, mate, nonmate), each Float[ndarray, "size size 3"] float32 in
-      [0, 1], aligned on the ArcFace template (`srise_jax.align.preprocess`).
+      [0, 1], aligned on the template (`srise_jax.align.preprocess`).
     """
-    return tuple(face.copy() for face in _aligned_triplet(size))
-
-
-@functools.lru_cache(maxsize=4)
-def _aligned_triplet(size: int) -> tuple[np.ndarray, ...]:
-    photos = sample_faces()
-    return tuple(preprocess(photos[name], size=size)
+    return tuple(aligned_sample(name, size=size, template=template)
                  for name in ("obama", "obama2", "biden"))
 
 

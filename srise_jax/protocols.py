@@ -12,7 +12,6 @@ and `load_protocol_face` turns its entries into aligned faces.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from srise_jax import data
-from srise_jax.align import ARCFACE_112, detect_and_align
+from srise_jax.align import ARCFACE_112
 
 
 class Pair(NamedTuple):
@@ -313,28 +312,10 @@ def load_protocol_face(entry: str, *, size: int = 112,
     if kind and kind not in data.OCCLUSION_KINDS:
         raise ValueError(f"unknown occlusion kind {kind!r} in entry {entry!r}; "
                          f"expected one of {', '.join(data.OCCLUSION_KINDS)}")
-    # ARCFACE_112 itself is scaled to the size by `align_face` and is the
-    # occluder's default frame; any other template is keyed by its values.
-    template_key = None if template is ARCFACE_112 else tuple(
-        np.asarray(template, np.float32).ravel().tolist())
-    face = _aligned_sample(name, size, template_key)
+    face = data.aligned_sample(name, size=size, template=template)
     if kind:
-        occlusion_template = None if template_key is None else template
+        # ARCFACE_112 itself is the occluder's default frame (scaled to the size).
+        occlusion_template = None if template is ARCFACE_112 else template
         face = np.asarray(data.occlude(face, kind, template=occlusion_template),
                           dtype=np.float32)
-    return face.copy()
-
-
-@functools.lru_cache(maxsize=32)
-def _aligned_sample(name: str, size: int, template_key) -> np.ndarray:
-    template = ARCFACE_112 if template_key is None else np.asarray(
-        template_key, np.float32).reshape(-1, 2)
-    face = detect_and_align(_sample_photos()[name], size=size,
-                            template=template).face
-    face.setflags(write=False)
     return face
-
-
-@functools.lru_cache(maxsize=1)
-def _sample_photos() -> dict[str, np.ndarray]:
-    return data.sample_faces()

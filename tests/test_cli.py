@@ -2,8 +2,8 @@
 
 The model is a random iResNet-18 written as a PyTorch state dict by the
 independent reference in tests/torch_iresnet.py and converted once per
-test session (conftest.py). The settings are tiny: 16 masks, batch 8, and a threshold of -1 with
-a coarse metric step, so that Deletion never flips (9 grid points, fraction
+test session (conftest.py). The settings are tiny: 16 masks, batch 8, and a
+threshold of -1 with a coarse metric step, so that Deletion never flips (9 grid points, fraction
 1.0) and Insertion is undefined at once (NaN, reported as null + reason).
 """
 
