@@ -6,6 +6,8 @@
     srise-jax align photo.jpg ... --out DIR [--size 112]
     srise-jax demo [--out srise-demo]
     srise-jax sanity [--model dlib|arcface --weights DIR] [--method srise] [--out DIR]
+    srise-jax benchmark --data sample|DIR [--methods ...] [--ablation] --out DIR
+    srise-jax figures [--out DIR]
 
 File I/O, printing and progress bars live here; the library functions called
 stay pure. Every failure a user can cause (a missing or corrupt file, a bad
@@ -141,7 +143,7 @@ def _similarity(text: str) -> float:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    """The parser of all three commands; each sets `command` to its function."""
+    """The parser of all commands; each sets `command` to its function."""
     parser = _Parser(
         prog=PROG,
         description="S-RISE saliency maps that explain face-verification decisions.")
@@ -225,6 +227,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sanity_cmd.add_argument("--out", type=Path, default=Path("srise-sanity"),
                             help="directory for the figure and table (default: %(default)s)")
     sanity_cmd.set_defaults(command=_sanity)
+
+    # Imported here: cli_benchmark builds on this module's helpers.
+    from srise_jax import cli_benchmark
+    cli_benchmark.add_commands(commands)
     return parser
 
 
@@ -479,6 +485,7 @@ class _Model(NamedTuple):
     template: np.ndarray
     threshold: float
     settings: dict
+    feature_fns: Any = None  # (features_fn, head_fn) for Grad-CAM
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -504,11 +511,12 @@ def _load_model(args: argparse.Namespace, name: str) -> _Model:
     if name == "dlib":
         embed_fn, params = models.load_dlib()
         return _Model("dlib ResNet", embed_fn, params, size, template,
-                      models.DLIB_THRESHOLD, {"model": "dlib"})
+                      models.DLIB_THRESHOLD, {"model": "dlib"}, models.dlib_feature_fns())
     embed_fn, params = models.load_arcface(args.weights)
     arch = read_metadata(args.weights)["arch"]
     return _Model(f"ArcFace {arch}", embed_fn, params, size, template, _ARCFACE_THRESHOLD,
-                  {"model": "arcface", "weights": str(args.weights), "arch": arch})
+                  {"model": "arcface", "weights": str(args.weights), "arch": arch},
+                  models.iresnet_feature_fns(arch))
 
 
 def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float,

@@ -41,6 +41,23 @@ def _min_plus_axis(dist2: jax.Array, axis: int, kernel_size: int) -> jax.Array:
     return out
 
 
+COMBINE = ("max", "sum", "occlude")
+
+
+def _sum_axis(x: jax.Array, axis: int, taps: jax.Array, kernel_size: int) -> jax.Array:
+    """out[y] = sum_d x[y - d] * taps[d] over the window offsets, along `axis`."""
+    lo, hi = _offsets(kernel_size)
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (hi - 1, lo)
+    padded = jnp.pad(x, pad)
+    out = jnp.zeros_like(x)
+    for i, d in enumerate(range(-lo, hi)):
+        start = hi - 1 - d
+        out = out + taps[i] * jax.lax.slice_in_dim(padded, start, start + n, axis=axis)
+    return out
+
+
 def gaussian_mask(
         key: jax.Array,
         shape: tuple[int, int] = (112, 112),
@@ -48,25 +65,32 @@ def gaussian_mask(
         num_patches: int = 100,
         kernel_size: int = 40,
         sigma: float = 7.0,
+        combine: str = "max",
         dtype=jnp.float32,
 ) -> jax.Array:
-    """One S-RISE mask: the union (pointwise max) of Gaussian patches.
+    """One S-RISE mask: Gaussian patches at random centres, combined.
 
     Each patch is `exp(-((y-cy)**2 + (x-cx)**2) / (2 sigma**2))` (peak 1 at its
     centre), truncated to a `kernel_size` x `kernel_size` window
     (offsets `-(kernel_size//2) .. kernel_size - kernel_size//2 - 1`), with its
-    centre drawn uniformly over the pixel grid.
+    centre drawn uniformly over the pixel grid. The value 1 keeps a pixel.
 
-    Combination rule: the union is the pointwise MAX of the patches (the fuzzy
-    union). Sum-and-clip would saturate: with the paper's defaults the patches
-    cover the 112x112 image about 2.5 times over, so a clipped sum is 1 almost
-    everywhere and the masks barely perturb the face; the max keeps the Gaussian
-    profile (mean value about 0.7, a fifth of the pixels below 0.5). Because all
-    patches share sigma, max_p exp(-r_p**2 / 2 sigma**2) = exp(-min_p r_p**2 /
-    2 sigma**2): the mask is computed from a squared distance transform of the
-    centre impulses, two separable min-plus passes of `kernel_size` taps, so its
-    cost is O(H * W * kernel_size) per mask whatever `num_patches` is (never
-    O(num_patches * H * W)).
+    Combination rule (`combine`; the paper does not say which it used):
+      "max" (default): the pointwise MAX of the patches (the fuzzy union); the
+        patches are what stays visible. It keeps the Gaussian profile (with
+        the paper's defaults: mean value about 0.7, a fifth of the pixels
+        below 0.5). Because all patches share sigma,
+        max_p exp(-r_p**2 / 2 sigma**2) = exp(-min_p r_p**2 / 2 sigma**2): the
+        mask comes from a squared distance transform of the centre impulses,
+        two separable min-plus passes of `kernel_size` taps.
+      "sum": the sum of the patches clipped to 1. With the paper's defaults
+        the patches cover a 112x112 image about 2.5 times over, so the
+        clipped sum is 1 almost everywhere (mean value 0.95, 86% of the
+        pixels fully visible) and the masks barely perturb the face. Computed as the
+        centre impulses convolved with the separable Gaussian window.
+      "occlude": one minus the "max" mask: the patches hide the face.
+    Each rule costs O(H * W * kernel_size) per mask whatever `num_patches`
+    is (never O(num_patches * H * W)).
 
     Args:
         key: a `jax.random` key.
@@ -74,19 +98,32 @@ def gaussian_mask(
         num_patches: Gaussian patches per mask (paper: 100).
         kernel_size: side of the truncation window in pixels (paper: 40).
         sigma: standard deviation of each patch in pixels (paper: 7).
+        combine: "max", "sum" or "occlude" (above).
         dtype: output dtype.
 
     Returns:
         Float[Array, "h w"] with values in [0, 1].
     """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
     height, width = shape
     centres = jax.random.randint(
             key, (num_patches, 2), 0, jnp.array([height, width]))
+    if combine == "sum":
+        impulses = jnp.zeros((height, width), jnp.float32)
+        impulses = impulses.at[centres[:, 0], centres[:, 1]].add(1.0)
+        lo, hi = _offsets(kernel_size)
+        d = jnp.arange(-lo, hi, dtype=jnp.float32)
+        taps = jnp.exp(-d**2 / (2.0 * sigma**2))
+        total = _sum_axis(_sum_axis(impulses, 0, taps, kernel_size), 1, taps,
+                          kernel_size)
+        return jnp.minimum(total, 1.0).astype(dtype)
     impulses = jnp.full((height, width), jnp.inf, jnp.float32)
     impulses = impulses.at[centres[:, 0], centres[:, 1]].set(0.0)
     dist2 = _min_plus_axis(_min_plus_axis(impulses, 0, kernel_size), 1,
                            kernel_size)
-    return jnp.exp(-dist2 / (2.0 * sigma**2)).astype(dtype)
+    union = jnp.exp(-dist2 / (2.0 * sigma**2))
+    return (1.0 - union if combine == "occlude" else union).astype(dtype)
 
 
 def gaussian_masks(
@@ -97,6 +134,7 @@ def gaussian_masks(
         num_patches: int = 100,
         kernel_size: int = 40,
         sigma: float = 7.0,
+        combine: str = "max",
         dtype=jnp.float32,
 ) -> jax.Array:
     """`num_masks` S-RISE masks (paper section 3.2.1; defaults from 4.1.2).
@@ -111,6 +149,7 @@ def gaussian_masks(
         num_patches: Gaussian patches per mask.
         kernel_size: truncation window of each patch.
         sigma: standard deviation of each patch in pixels.
+        combine: how the patches combine, as in `gaussian_mask`.
         dtype: output dtype.
 
     Returns:
@@ -122,7 +161,7 @@ def gaussian_masks(
     """
     one = lambda k: gaussian_mask(k, shape, num_patches=num_patches,
                                   kernel_size=kernel_size, sigma=sigma,
-                                  dtype=dtype)
+                                  combine=combine, dtype=dtype)
     return jax.vmap(one)(jax.random.split(key, num_masks))
 
 

@@ -43,7 +43,12 @@ class SRiseConfig:
       kernel_size: truncation window of each patch, in pixels.
       sigma: standard deviation of each patch, in pixels.
       batch_size: masked images per `embed_fn` call (and masks per chunk).
-      fill: value of the masked-out pixels (scalar, or one value per channel).
+      fill: what replaces the masked-out part of the image: a value (scalar,
+        or one per channel; the paper's image * mask is 0), "mean" (the
+        image's per-channel mean, what Deletion/Insertion fill with) or
+        "blur" (the image blurred by a Gaussian of sigma = max(H, W) / 20).
+      combine: how a mask's patches combine: "max", "sum" (clipped) or
+        "occlude" (see `masks.gaussian_mask`).
       normalize: "coverage" for sum_i s_i M_i / sum_i M_i (RISE's estimator,
         free of the masks' border bias), "none" for the paper's plain sum.
       share_probe_masks: if True, both pairs use the same masks and the
@@ -56,9 +61,10 @@ class SRiseConfig:
     kernel_size: int = 40
     sigma: float = 7.0
     batch_size: int = 64
-    fill: float | tuple[float, float, float] = 0.0
+    fill: float | tuple[float, float, float] | str = 0.0
     normalize: str = "coverage"
     share_probe_masks: bool = False
+    combine: str = "max"
 
     def __post_init__(self):
         if self.num_masks < 1 or self.batch_size < 1:
@@ -66,6 +72,10 @@ class SRiseConfig:
                 f"num_masks and batch_size must be >= 1, got {self.num_masks} "
                 f"and {self.batch_size}")
         _check_normalize(self.normalize)
+        _check_fill(self.fill)
+        if self.combine not in masks_lib.COMBINE:
+            raise ValueError(f"combine must be one of {masks_lib.COMBINE}, got "
+                             f"{self.combine!r}")
 
 
 class PairSaliency(NamedTuple):
@@ -117,10 +127,46 @@ def _check_normalize(normalize: str) -> None:
             f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
 
 
+_FILLS = ("mean", "blur")
+
+
+def _check_fill(fill) -> None:
+    if isinstance(fill, str) and fill not in _FILLS:
+        raise ValueError(f"fill must be a number, one per channel, or one of {_FILLS}, "
+                         f"got {fill!r}")
+
+
+def _blur(image: jax.Array) -> jax.Array:
+    """(H, W, C) image blurred by a separable Gaussian, sigma = max(H, W) / 20."""
+    sigma = max(image.shape[:2]) / 20.0
+    radius = int(3 * sigma)
+    taps = jnp.exp(-jnp.arange(-radius, radius + 1, dtype=jnp.float32) ** 2
+                   / (2 * sigma**2))
+    taps = taps / taps.sum()
+    out = image
+    for axis in (0, 1):
+        # Edge padding: a zero border would darken the blurred face's rim.
+        pad = [(0, 0)] * 3
+        pad[axis] = (radius, radius)
+        padded = jnp.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        out = sum(taps[i] * jax.lax.slice_in_dim(padded, i, i + n, axis=axis)
+                  for i in range(2 * radius + 1))
+    return out
+
+
+def _fill_for(image: jax.Array, fill) -> jax.Array:
+    """The fill of `image`'s masked-out pixels: broadcastable to (H, W, C)."""
+    if isinstance(fill, str):
+        _check_fill(fill)
+        return image.mean((0, 1)) if fill == "mean" else _blur(image)
+    return jnp.asarray(fill, image.dtype)
+
+
 def _apply_mask(image: jax.Array, masks: jax.Array, fill) -> jax.Array:
     """image (H,W,C), masks (B,H,W) -> (B,H,W,C): image * m + fill * (1 - m)."""
     m = masks[..., None].astype(image.dtype)
-    fill = jnp.asarray(fill, image.dtype)
+    fill = _fill_for(image, fill)
     return image[None] * m + fill * (1.0 - m)
 
 
@@ -285,7 +331,8 @@ def srise_pair(
       image_b: Float[Array, "h w 3"].
       masks: Float[Array, "n h w"] in [0, 1], e.g. `gaussian_masks(key, n)`.
       batch_size: masked images per `embed_fn` call.
-      fill: value of masked-out pixels (scalar or per channel).
+      fill: masked-out pixels: a value (scalar or per channel), "mean" or
+        "blur" (as in `SRiseConfig`).
       normalize: "coverage" (sum s_i M_i / sum M_i) or "none" (plain sum).
       mesh: if given, the masks are split over all of its devices.
 
@@ -310,7 +357,8 @@ def srise_pair(
 def _mask_maker(config: SRiseConfig, shape: tuple[int, int]):
     return jax.vmap(functools.partial(
         masks_lib.gaussian_mask, shape=shape, num_patches=config.num_patches,
-        kernel_size=config.kernel_size, sigma=config.sigma))
+        kernel_size=config.kernel_size, sigma=config.sigma,
+        combine=config.combine))
 
 
 def triplet_sums(

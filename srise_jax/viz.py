@@ -1,4 +1,4 @@
-"""Figures: a triplet's S-RISE maps over the faces, and Deletion/Insertion curves.
+"""Figures: a triplet's S-RISE maps, Deletion/Insertion curves, convergence.
 
 The functions build `matplotlib.figure.Figure` objects directly, without
 pyplot: no display is needed, the global backend is left alone, and no figure
@@ -196,6 +196,95 @@ def plot_curves(
     if title is not None:
         axes.set_title(title)
     figure.legend(loc="outside right upper", fontsize="small")
+    if path is not None:
+        save_png(figure, path)
+    return figure
+
+
+def plot_mean_curves(
+    curves: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Mean deletion and insertion curves of several methods, side by side.
+
+    Args:
+      curves: {method: {"deletion": (R, K) array, "insertion": (R, K) array}}:
+        each row a curve of `metrics.similarity_curve` at K evenly spaced
+        fractions from 0 to 1 (rows with NaN are left out of the mean).
+      path: if given, the figure is also written there as a PNG.
+      title: the figure's title.
+
+    Returns:
+      The figure; each legend entry gives the method's mean AUC.
+    """
+    figure = Figure(figsize=(11.0, 4.6), dpi=_DPI, layout="constrained")
+    panels = dict(zip(("deletion", "insertion"), figure.subplots(1, 2, sharey=True)))
+    for method, by_mode in curves.items():
+        for mode, axes in panels.items():
+            rows = np.asarray(by_mode[mode], np.float64)
+            rows = rows[np.all(np.isfinite(rows), axis=1)] if rows.size else rows
+            if not len(rows):
+                continue
+            fractions = np.linspace(0.0, 1.0, rows.shape[1])
+            mean = rows.mean(0)
+            axes.plot(fractions, mean,
+                      label=f"{method} (AUC {np.trapezoid(mean, fractions):.3f}, n={len(rows)})")
+    for mode, axes in panels.items():
+        better = "lower" if mode == "deletion" else "higher"
+        axes.set_title(f"{mode} ({better} AUC is better)")
+        axes.set_xlabel("fraction of pixels changed, most salient first")
+        axes.set_xlim(0.0, 1.0)
+        axes.legend(fontsize="x-small")
+    panels["deletion"].set_ylabel("mean cosine similarity to the intact reference")
+    if title is not None:
+        figure.suptitle(title)
+    if path is not None:
+        save_png(figure, path)
+    return figure
+
+
+def plot_convergence(
+    rows: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]],
+    *,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Maps after more and more masks, one example per row (the paper's Fig. 6).
+
+    Each row shows the face, then its map at each count over it; every map is
+    scaled to its own range, since the question is where the map settles,
+    not how strong it is.
+
+    Args:
+      rows: {row label: (face Float[ndarray, "h w 3"], {column label: map})}.
+      path: if given, the figure is also written there as a PNG.
+      title: the figure's title.
+
+    Returns:
+      The figure.
+    """
+    columns = max(len(maps) for _, maps in rows.values()) + 1
+    figure = Figure(figsize=(columns * _PANEL_INCHES, len(rows) * _PANEL_INCHES + 0.6),
+                    dpi=_DPI, layout="constrained")
+    grid = np.asarray(figure.subplots(len(rows), columns, squeeze=False))
+    for axes_row, (label, (face, maps)) in zip(grid, rows.items()):
+        face = np.clip(np.asarray(face, np.float32), 0.0, 1.0)
+        axes_row[0].imshow(face)
+        axes_row[0].set_title(label, fontsize="small")
+        for axes, (name, saliency) in zip(axes_row[1:], maps.items()):
+            saliency = np.asarray(saliency, np.float32)
+            low, high = saliency.min(), saliency.max()
+            axes.imshow(face)
+            axes.imshow((saliency - low) / (high - low if high > low else 1.0), cmap=_CMAP,
+                        vmin=0.0, vmax=1.0, alpha=_OVERLAY_ALPHA)
+            axes.set_title(name, fontsize="small")
+        for axes in axes_row:
+            axes.set_xticks([])
+            axes.set_yticks([])
+    if title is not None:
+        figure.suptitle(title)
     if path is not None:
         save_png(figure, path)
     return figure

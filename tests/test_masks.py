@@ -8,8 +8,8 @@ import pytest
 from srise_jax import masks
 
 
-def reference_gaussian_mask(centres, shape, kernel_size, sigma):
-    """Per-patch loop: the max over patches of a truncated Gaussian window."""
+def reference_gaussian_mask(centres, shape, kernel_size, sigma, combine=max):
+    """Per-patch loop: patches of a truncated Gaussian window, combined pairwise."""
     out = np.zeros(shape, np.float64)
     lo = kernel_size // 2
     d = np.arange(-lo, kernel_size - lo)
@@ -19,7 +19,7 @@ def reference_gaussian_mask(centres, shape, kernel_size, sigma):
             for j, dx in enumerate(d):
                 y, x = cy + dy, cx + dx
                 if 0 <= y < shape[0] and 0 <= x < shape[1]:
-                    out[y, x] = max(out[y, x], window[i, j])
+                    out[y, x] = combine(out[y, x], window[i, j])
     return out
 
 
@@ -39,6 +39,23 @@ def test_gaussian_mask_equals_per_patch_max(key, shape, num_patches,
     # Peak 1 at every centre.
     np.testing.assert_allclose(np.asarray(got)[centres[:, 0], centres[:, 1]],
                                1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("combine", ["sum", "occlude"])
+def test_other_combination_rules_equal_a_per_patch_loop(key, combine):
+    shape, num_patches, kernel_size, sigma = (21, 26), 40, 9, 2.5
+    got = masks.gaussian_mask(key, shape, num_patches=num_patches,
+                              kernel_size=kernel_size, sigma=sigma, combine=combine)
+    centres = np.asarray(jax.random.randint(key, (num_patches, 2), 0, jnp.array(shape)))
+    if combine == "sum":
+        want = np.minimum(reference_gaussian_mask(centres, shape, kernel_size, sigma,
+                                                  combine=lambda a, b: a + b), 1.0)
+        assert 0.3 < (want == 1.0).mean() < 0.95  # the clip is exercised
+    else:
+        want = 1.0 - reference_gaussian_mask(centres, shape, kernel_size, sigma)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    with pytest.raises(ValueError, match="combine"):
+        masks.gaussian_mask(key, shape, combine="min")
 
 
 def test_gaussian_masks_are_per_mask_keys_and_deterministic(key):

@@ -25,7 +25,10 @@ def small_masks(key, n, shape=(32, 32)):
 
 
 def reference_pair(embed_fn, params, a, b, masks, fill=0.0):
-    """Independent NumPy loop, one masked image at a time (paper 3.2.2)."""
+    """Independent NumPy loop, one masked image at a time (paper 3.2.2).
+
+    `fill` is a value, or a function of the image giving its fill.
+    """
     def unit(e):
         e = np.asarray(e, np.float64)[0]
         return e / np.linalg.norm(e)
@@ -34,8 +37,9 @@ def reference_pair(embed_fn, params, a, b, masks, fill=0.0):
     out = {}
     for name, img, ref in (("a", a, eb), ("b", b, ea)):
         scores = []
+        value = fill(np.asarray(img, np.float64)) if callable(fill) else fill
         for m in np.asarray(masks):
-            masked = np.asarray(img) * m[..., None] + fill * (1 - m[..., None])
+            masked = np.asarray(img) * m[..., None] + value * (1 - m[..., None])
             scores.append(unit(embed_fn(params, jnp.asarray(masked)[None])) @ ref)
         scores = np.array(scores)
         plain = np.tensordot(scores, np.asarray(masks, np.float64), 1)
@@ -88,6 +92,36 @@ def test_pair_matches_numpy_reference(key, planted_region):
         np.testing.assert_allclose(got.saliency_b, want["b"][index], rtol=1e-4,
                                    atol=1e-5)
         np.testing.assert_allclose(got.similarity, similarity, atol=1e-6)
+
+
+def numpy_blur(image):
+    """Edge-padded separable Gaussian blur, sigma = max(H, W) / 20, in NumPy."""
+    sigma = max(image.shape[:2]) / 20
+    radius = int(3 * sigma)
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    taps /= taps.sum()
+    for axis in (0, 1):
+        padded = np.pad(image, [(radius, radius) if a == axis else (0, 0)
+                                for a in range(3)], mode="edge")
+        image = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="valid"),
+                                    axis, padded)
+    return image
+
+
+@pytest.mark.parametrize("fill,fill_of", [
+    ("mean", lambda img: img.mean((0, 1))),
+    ("blur", numpy_blur),
+])
+def test_image_dependent_fills_match_numpy_reference(key, planted_region, fill, fill_of):
+    embed_fn, params, _, probe, mate = planted_region
+    masks = small_masks(key, 12)
+    got = srise.srise_pair(embed_fn, params, probe, mate, masks, batch_size=8,
+                           fill=fill, normalize="none")
+    want, _ = reference_pair(embed_fn, params, probe, mate, masks, fill_of)
+    np.testing.assert_allclose(got.scores_a, want["a"][0], atol=1e-5)
+    np.testing.assert_allclose(got.saliency_b, want["b"][1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="fill"):
+        srise.SRiseConfig(fill="median")
 
 
 def test_triplet_mask_keys_and_shared_probe_masks(key, planted_region):

@@ -45,7 +45,7 @@ def srise_map(embed_fn, params, image, reference, key, *,
               num_masks: int = 500, batch_size: int = 64,
               num_patches: int = 100, kernel_size: int = 40,
               sigma: float = 7.0, fill=0.0,
-              normalize: str = "coverage") -> jax.Array:
+              normalize: str = "coverage", combine: str = "max") -> jax.Array:
     """S-RISE map of `image` for its similarity to `reference`.
 
     Equals `srise.srise_pair(..., gaussian_masks(key, num_masks, ...))
@@ -59,7 +59,7 @@ def srise_map(embed_fn, params, image, reference, key, *,
       reference: Float[Array, "h w 3"], kept intact.
       key: a `jax.random` key.
       num_masks, batch_size, num_patches, kernel_size, sigma, fill,
-        normalize: as in `srise.SRiseConfig`.
+        normalize, combine: as in `srise.SRiseConfig`.
 
     Returns:
       Float[Array, "h w"].
@@ -70,13 +70,57 @@ def srise_map(embed_fn, params, image, reference, key, *,
     config = srise.SRiseConfig(num_masks=num_masks, num_patches=num_patches,
                                kernel_size=kernel_size, sigma=sigma,
                                batch_size=batch_size, fill=fill,
-                               normalize=normalize)
+                               normalize=normalize, combine=combine)
     sums = _masked_sums(embed_fn, params, image, reference,
                         jax.random.split(key, num_masks),
                         srise._mask_maker(config, image.shape[:2]),
                         batch_size=batch_size, fill=fill)
     return srise._finalize(sums.weighted, sums.coverage, sums.scores,
                            normalize)[0]
+
+
+def srise_convergence(embed_fn, params, image, reference, key, *,
+                      counts: tuple[int, ...] = (10, 100, 500, 1000),
+                      batch_size: int = 64, num_patches: int = 100,
+                      kernel_size: int = 40, sigma: float = 7.0, fill=0.0,
+                      normalize: str = "coverage", combine: str = "max") -> jax.Array:
+    """S-RISE maps of `image` after the first `counts[k]` masks of one run.
+
+    One sequence of max(counts) masks is drawn (mask i from
+    `jax.random.split(key, max(counts))[i]`) and the map is read off after
+    each count, so the whole series (the paper's Fig. 6 and Table 1 rows at
+    10, 100, 500 and 1000 masks) costs max(counts) forward passes instead of
+    their sum. The first n masks of the sequence are n independent draws, so
+    the map at n is an S-RISE map with n masks; the last one equals
+    `srise_map(..., key, num_masks=max(counts))` exactly.
+
+    Args:
+      embed_fn, params, image, reference, key: as in `srise_map`.
+      counts: increasing positive mask counts (static).
+      batch_size, num_patches, kernel_size, sigma, fill, normalize, combine:
+        as in `srise_map`.
+
+    Returns:
+      Float[Array, "k h w"], the map after each count.
+    """
+    counts = tuple(int(c) for c in counts)
+    if not counts or counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
+        raise ValueError(f"counts must be increasing positive ints, got {counts}")
+    config = srise.SRiseConfig(num_masks=counts[-1], num_patches=num_patches,
+                               kernel_size=kernel_size, sigma=sigma,
+                               batch_size=batch_size, fill=fill,
+                               normalize=normalize, combine=combine)
+    keys = jax.random.split(key, counts[-1])
+    make = srise._mask_maker(config, image.shape[:2])
+    maps, total, start = [], None, 0
+    for stop in counts:
+        sums = _masked_sums(embed_fn, params, image, reference, keys[start:stop],
+                            make, batch_size=batch_size, fill=fill)
+        total = sums if total is None else srise.add_sums(total, sums)
+        maps.append(srise._finalize(total.weighted, total.coverage, total.scores,
+                                    normalize)[0])
+        start = stop
+    return jnp.stack(maps)
 
 
 @register("rise", kind="perturbation")
@@ -209,20 +253,22 @@ def corrrise(embed_fn, params, image, reference, key, *,
 
 
 @register("corrrise_similar", kind="perturbation")
-def corrrise_similar(embed_fn, params, image, reference, key,
-                     **options) -> jax.Array:
+def corrrise_similar(embed_fn, params, image, reference, key, *,
+                     num_masks: int = 500, batch_size: int = 64, **options) -> jax.Array:
     """CorrRISE's similar map: high where keeping the pixel raises the similarity.
 
-    Options as in `corrrise`.
+    Options (``num_masks``, ``batch_size`` and the rest) as in `corrrise`.
     """
-    return corrrise(embed_fn, params, image, reference, key, **options)[0]
+    return corrrise(embed_fn, params, image, reference, key, num_masks=num_masks,
+                    batch_size=batch_size, **options)[0]
 
 
 @register("corrrise_dissimilar", kind="perturbation")
-def corrrise_dissimilar(embed_fn, params, image, reference, key,
-                        **options) -> jax.Array:
+def corrrise_dissimilar(embed_fn, params, image, reference, key, *,
+                        num_masks: int = 500, batch_size: int = 64, **options) -> jax.Array:
     """CorrRISE's dissimilar map: high where keeping the pixel lowers the similarity.
 
-    Options as in `corrrise`.
+    Options (``num_masks``, ``batch_size`` and the rest) as in `corrrise`.
     """
-    return corrrise(embed_fn, params, image, reference, key, **options)[1]
+    return corrrise(embed_fn, params, image, reference, key, num_masks=num_masks,
+                    batch_size=batch_size, **options)[1]

@@ -1,0 +1,367 @@
+"""Faithfulness benchmark: every explainer on the same triplets, the paper's Table 1.
+
+A benchmark run explains each image of each pair of each triplet with every
+method, then scores every map whose pair the model accepts with the paper's
+Deletion and Insertion fractions (`srise_jax.metrics`) and the threshold-free
+deletion/insertion AUCs (`metrics.similarity_curve`). One result row per
+(triplet, pair, side, method); `summarize` turns rows into Table 1 with 95%
+bootstrap intervals that resample whole triplets.
+
+Everything here is pure computation on arrays and rows; reading photos,
+writing `results.csv`, resuming and progress bars live in the CLI
+(`srise-jax benchmark`).
+
+Which pairs are scored: Deletion asks how many pixels break a match, so it is
+undefined for a pair the model rejects (`metrics.deletion` returns NaN);
+Insertion on such a pair asks how many pixels make a non-match match, which
+is not the decision being explained. Only pairs the model accepts (genuine
+matches, and false matches if any) are scored; the other rows keep their
+similarity and leave the metrics empty.
+
+References:
+  Lu and Ebrahimi, "Explanation of Face Recognition via Saliency Maps",
+  arXiv:2304.06118, section 4.4 and Table 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from srise_jax import metrics
+from srise_jax.explainers import perturbation, registry
+from srise_jax.similarity import unit_normalize
+
+# The paper's Table 1 and Fig. 6: S-RISE after 10, 100, 500 and 1000 masks.
+PAPER_ITERATIONS = (10, 100, 500, 1000)
+
+DEFAULT_METHODS = (
+    "srise@10", "srise@100", "srise@500", "srise@1000", "rise@500",
+    "corrrise_similar@500", "gradient", "gradient_x_input", "smoothgrad",
+    "integrated_gradients", "gradcam", "extremal", "random", "centre_prior",
+)
+
+# Pairs of a triplet and the two sides of a pair: side "probe" explains the
+# probe (masked, perturbed) against the intact other image, side "other" the
+# other image against the intact probe.
+PAIRS = ("mate", "nonmate")
+SIDES = ("probe", "other")
+
+# The option "@N" sets, in the order looked for in an explainer's signature.
+_ITERATION_OPTIONS = ("num_masks", "num_samples", "num_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """An explainer by registry name, with its iteration count if given.
+
+    Attributes:
+      name: a name of `srise_jax.explainers.list_explainers()`.
+      iterations: masks (perturbation methods), samples (SmoothGrad) or steps
+        (Integrated Gradients, extremal): the first of ``num_masks``,
+        ``num_samples``, ``num_steps`` the explainer takes. None: its default.
+    """
+
+    name: str
+    iterations: int | None = None
+
+    @property
+    def label(self) -> str:
+        """"name" or "name@iterations", as the command line spells it."""
+        return self.name if self.iterations is None else f"{self.name}@{self.iterations}"
+
+    @property
+    def option(self) -> str | None:
+        """The keyword `iterations` sets, or None."""
+        parameters = inspect.signature(registry.get_explainer(self.name)).parameters
+        return next((o for o in _ITERATION_OPTIONS if o in parameters), None)
+
+    def options(self) -> dict[str, int]:
+        """Keyword options for the explainer."""
+        return {} if self.iterations is None else {self.option: self.iterations}
+
+
+def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
+    """Methods from "srise@500,gradient,..." (or a list of such labels).
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones), a bad
+        or non-positive count, "@N" on a method without iterations, or a
+        label given twice.
+    """
+    labels = spec.split(",") if isinstance(spec, str) else list(spec)
+    methods = []
+    for label in (text.strip() for text in labels if text.strip()):
+        name, at, count = label.partition("@")
+        registry.get_explainer(name)
+        iterations = None
+        if at:
+            if not count.isdigit() or int(count) < 1:
+                raise ValueError(f"method {label!r}: expected name@N with N a positive "
+                                 f"integer")
+            iterations = int(count)
+        method = Method(name, iterations)
+        if iterations is not None and method.option is None:
+            raise ValueError(f"method {label!r}: {name} has no iteration count to set")
+        methods.append(method)
+    seen = [m.label for m in methods]
+    duplicates = sorted({label for label in seen if seen.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"methods given twice: {', '.join(duplicates)}")
+    if not methods:
+        raise ValueError("no methods given")
+    return tuple(methods)
+
+
+def method_key(key: jax.Array, label: str) -> jax.Array:
+    """The key a method gets from a job's key: independent of the method list.
+
+    Folding in a hash of the label (not the method's position) keeps each
+    method's maps the same when methods are added to or dropped from a run,
+    which is what lets a resumed run add methods to finished triplets.
+    """
+    return jax.random.fold_in(key, zlib.crc32(label.encode()) & 0x7FFFFFFF)
+
+
+def job_key(key: jax.Array, triplet: int, pair: str, side: str) -> jax.Array:
+    """The key of one (triplet, pair, side) explanation job."""
+    key = jax.random.fold_in(key, triplet)
+    return jax.random.fold_in(key, 2 * PAIRS.index(pair) + SIDES.index(side))
+
+
+class ExplainPart(NamedTuple):
+    """One compiled piece of a benchmark's explainers.
+
+    Attributes:
+      labels: the method labels it produces.
+      fn: jitted ``fn(params, image, reference, key) -> {label: map}``.
+    """
+
+    labels: tuple[str, ...]
+    fn: Callable
+
+
+def make_explain_fns(embed_fn: Callable, methods: Sequence[Method], *,
+                     feature_fns: tuple[Callable, Callable] | None = None,
+                     batch_size: int = 64) -> tuple[ExplainPart, ...]:
+    """The methods as jitted functions of ``(params, image, reference, key)``.
+
+    ``key`` is the job's key (`job_key`); each method folds in its own label
+    (`method_key`). Each other method is one part; merging the parts' dicts
+    gives every method's map.
+
+    The S-RISE methods (``srise`` at several mask counts, with default
+    options) are computed together by `perturbation.srise_convergence`: one
+    sequence of max(counts) masks read off at each count, as in the paper's
+    Fig. 6, so the series costs the largest count's forward passes.
+
+    Args:
+      embed_fn: the model (static).
+      methods: what to run.
+      feature_fns: the model's `(features_fn, head_fn)` for "gradcam".
+      batch_size: forward-pass batch of the perturbation methods.
+
+    Returns:
+      `ExplainPart`s, S-RISE's first; each map is Float[Array, "h w"].
+    """
+    # Each S-RISE method reads the map at its own count (default 500 masks).
+    srise_at = {m.label: m.iterations or 500 for m in methods if m.name == "srise"}
+    parts: list[ExplainPart] = []
+    if srise_at:
+        counts = tuple(sorted(set(srise_at.values())))
+        labels = tuple(srise_at)
+
+        def run_srise(params, image, reference, key):
+            maps = perturbation.srise_convergence(
+                embed_fn, params, image, reference, method_key(key, "srise"),
+                counts=counts, batch_size=batch_size)
+            return {label: maps[counts.index(n)] for label, n in srise_at.items()}
+
+        parts.append(ExplainPart(labels, jax.jit(run_srise)))
+    for method in methods:
+        if method.name == "srise":
+            continue
+        fn = registry.get_explainer(method.name)
+        options = method.options()
+        parameters = inspect.signature(fn).parameters
+        if "batch_size" in parameters:
+            options["batch_size"] = batch_size
+        if method.name == "gradcam":
+            if feature_fns is None:
+                raise ValueError("gradcam needs the model's feature_fns "
+                                 "(iresnet_feature_fns(arch) or dlib_feature_fns())")
+            options["feature_fns"] = feature_fns
+        bound = functools.partial(fn, embed_fn, **options)
+
+        def run_one(params, image, reference, key, _bound=bound, _label=method.label):
+            return {_label: _bound(params, image, reference, method_key(key, _label))}
+
+        parts.append(ExplainPart((method.label,), jax.jit(run_one)))
+    return tuple(parts)
+
+
+def make_score_fn(embed_fn: Callable, *, step: int, batch_size: int = 32,
+                  num_points: int = 33) -> Callable:
+    """Jitted `score(params, image, reference, saliency, threshold) -> dict`.
+
+    The dict holds () arrays "deletion", "insertion" (the paper's fractions,
+    exact: `metrics.deletion` / `insertion` with this coarse `step`),
+    "deletion_auc", "insertion_auc" and (num_points,) "deletion_curve",
+    "insertion_curve" (`metrics.similarity_curve`).
+    """
+
+    def score(params, image, reference, saliency, threshold):
+        args = (embed_fn, params, image, reference, saliency)
+        out = {}
+        for mode, exact in (("deletion", metrics.deletion), ("insertion", metrics.insertion)):
+            out[mode] = exact(*args, threshold, step=step, batch_size=batch_size).fraction
+            curve = metrics.similarity_curve(*args, mode=mode, num_points=num_points,
+                                             batch_size=batch_size)
+            out[f"{mode}_auc"] = curve.auc
+            out[f"{mode}_curve"] = curve.similarity
+        return out
+
+    return jax.jit(score)
+
+
+def triplet_similarities(embed_fn: Callable, params: Any, probe: jax.Array,
+                         mate: jax.Array, nonmate: jax.Array) -> dict[str, float]:
+    """{"mate": cos(probe, mate), "nonmate": cos(probe, nonmate)}."""
+    units = unit_normalize(embed_fn(params, jnp.stack([probe, mate, nonmate])))
+    sims = np.asarray(units[1:] @ units[0])
+    return {"mate": float(sims[0]), "nonmate": float(sims[1])}
+
+
+# ----------------------------------------------------------------------------
+# Table 1
+# ----------------------------------------------------------------------------
+
+def _number(value: Any) -> float:
+    """A CSV cell or a float as a float; empty or missing -> NaN."""
+    if value is None or value == "":
+        return math.nan
+    return float(value)
+
+
+def _mean_ci(values_by_triplet: Mapping[Any, list[float]], *, num_resamples: int,
+             rng: np.random.Generator, level: float) -> tuple[float, float, float, int]:
+    """Mean over all values, and its percentile bootstrap interval over triplets.
+
+    Rows of one triplet share the probe and the model's state, so they are
+    not independent: the bootstrap resamples whole triplets (a cluster
+    bootstrap) and recomputes the mean over their rows.
+    """
+    groups = [np.asarray([v for v in values if not math.isnan(v)])
+              for values in values_by_triplet.values()]
+    groups = [g for g in groups if g.size]
+    if not groups:
+        return math.nan, math.nan, math.nan, 0
+    sums = np.array([g.sum() for g in groups])
+    counts = np.array([g.size for g in groups])
+    mean = float(sums.sum() / counts.sum())
+    picks = rng.integers(len(groups), size=(num_resamples, len(groups)))
+    resampled = sums[picks].sum(1) / counts[picks].sum(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail])
+    return mean, float(low), float(high), int(counts.sum())
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | None = None,
+              num_resamples: int = 10_000, level: float = 0.95,
+              seed: int = 0) -> list[dict[str, Any]]:
+    """Table 1 from result rows: per method, means with bootstrap intervals.
+
+    Args:
+      rows: result rows (dicts with "triplet", "method", "iterations",
+        "match", "deletion", "insertion", "deletion_auc", "insertion_auc";
+        numbers or CSV strings). Rows whose pair the model rejects, and NaN
+        or empty metrics, are left out of the means.
+      methods: labels in the table's order; default: order of appearance.
+      num_resamples: bootstrap resamples of the triplets.
+      level: coverage of the interval.
+      seed: the bootstrap's seed (`numpy.random.default_rng`).
+
+    Returns:
+      One dict per method: "method", "iterations", and for each of
+      "deletion", "insertion", "average" ((deletion + insertion) / 2 per
+      scored row, where both are defined), "deletion_auc", "insertion_auc":
+      "<metric>" (mean), "<metric>_low", "<metric>_high", "<metric>_n"
+      (rows in the mean); plus "triplets" (scored triplets).
+    """
+    by_method: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        label = row["method"]
+        entry = by_method.setdefault(label, {"iterations": row.get("iterations", ""),
+                                             "values": {}})
+        if str(row["match"]) not in ("1", "True", "true"):
+            continue
+        d, i = _number(row["deletion"]), _number(row["insertion"])
+        values = {"deletion": d, "insertion": i, "average": (d + i) / 2,
+                  "deletion_auc": _number(row.get("deletion_auc")),
+                  "insertion_auc": _number(row.get("insertion_auc"))}
+        for metric, value in values.items():
+            entry["values"].setdefault(metric, {}).setdefault(row["triplet"], []).append(value)
+    order = list(methods) if methods is not None else list(by_method)
+    table = []
+    for label in order:
+        if label not in by_method:
+            continue
+        entry = by_method[label]
+        line: dict[str, Any] = {"method": label, "iterations": entry["iterations"]}
+        triplets = set()
+        for metric in ("deletion", "insertion", "average", "deletion_auc", "insertion_auc"):
+            per_triplet = entry["values"].get(metric, {})
+            triplets |= {t for t, v in per_triplet.items()
+                         if any(not math.isnan(x) for x in v)}
+            # One generator per (method, metric), seeded alike: the interval of
+            # a method does not depend on which other methods are in the table.
+            rng = np.random.default_rng([seed, zlib.crc32(f"{label}/{metric}".encode())])
+            mean, low, high, n = _mean_ci(per_triplet, num_resamples=num_resamples,
+                                          rng=rng, level=level)
+            line.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high,
+                         f"{metric}_n": n})
+        line["triplets"] = len(triplets)
+        table.append(line)
+    return table
+
+
+def _cell(line: Mapping[str, Any], metric: str) -> str:
+    mean = line[metric]
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} [{line[f'{metric}_low']:.4f}, {line[f'{metric}_high']:.4f}]"
+
+
+def format_table(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) -> str:
+    """Markdown: the paper's Table 1 columns, with intervals and the AUCs.
+
+    Each cell is "mean [low, high]" (the bootstrap interval at `level`);
+    Deletion, Insertion and their average: smaller is better; deletion AUC:
+    smaller is better; insertion AUC: larger is better.
+    """
+    percent = f"{100 * level:g}%"
+    header = ["method", "iterations", "deletion", "insertion", "average",
+              "deletion AUC", "insertion AUC", "rows", "triplets"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in table:
+        name, _, count = line["method"].partition("@")
+        cells = [name, count or str(line["iterations"] or "-")]
+        cells += [_cell(line, m) for m in ("deletion", "insertion", "average",
+                                           "deletion_auc", "insertion_auc")]
+        cells += [str(line["average_n"]), str(line["triplets"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean over the scored rows (pairs the model accepts; both images of "
+                 f"each pair), [{percent} bootstrap interval over triplets]. Deletion, "
+                 f"Insertion, their average and the deletion AUC: lower is better; "
+                 f"insertion AUC: higher is better.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""`srise-jax benchmark` and `srise-jax figures` on a planted 32x32 model (fast)."""
+
+import csv
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_one_error_line, region_embed
+
+from srise_jax import align, benchmark, cli, metrics, protocols
+
+_METHODS = "srise@4,srise@8,random"
+_OPTIONS = ["--batch-size", "4", "--metric-batch", "8", "--curve-points", "5",
+            "--bootstrap", "200", "--threshold", "0.2"]
+
+
+@pytest.fixture
+def planted_cli(monkeypatch):
+    """The CLI's model replaced by a planted region model on 32x32 crops."""
+    params = {"const": jnp.full((16,), 0.2, jnp.float32), "offset": jnp.float32(0.5)}
+    model = cli._Model("planted", region_embed((8, 20, 6, 26)), params, 32,
+                       align.ARCFACE_112, 0.2, {"model": "planted"})
+    monkeypatch.setitem(cli._FRAMES, "dlib", (32, align.ARCFACE_112))
+    monkeypatch.setattr(cli, "_load_model", lambda args, name: model)
+    return model
+
+
+def _read(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _run(out, *extra, methods=_METHODS):
+    return cli.main(["benchmark", "--data", "sample", "--num-triplets", "2", "--methods",
+                     methods, *_OPTIONS, *extra, "--out", str(out)])
+
+
+def test_benchmark_rows_equal_the_library_and_reports_are_written(tmp_path, planted_cli):
+    out = tmp_path / "run"
+    assert _run(out) == 0
+    rows = _read(out / "results.csv")
+    assert len(rows) == 2 * 2 * 2 * 3  # triplets x pairs x sides x methods
+    for name in ("table.md", "curves.png", "convergence.png", "run.json", "triplets.csv",
+                 "maps/triplet000.npz", "maps/triplet001.npz"):
+        assert (out / name).is_file(), name
+    table = (out / "table.md").read_text()
+    assert "| srise | 4 |" in table and "| srise | 8 |" in table and "| random | - |" in table
+
+    # Every scored row, recomputed from the library: same map, same fraction.
+    model = planted_cli
+    triplet = protocols.sample_protocol()[1]
+    faces = [protocols.load_protocol_face(e, size=32) for e in triplet]
+    sims = benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
+    parts = benchmark.make_explain_fns(model.embed_fn, benchmark.parse_methods(_METHODS),
+                                       batch_size=4)
+    checked = 0
+    for row in rows:
+        if row["triplet"] != "1":
+            continue
+        assert row["match"] == str(int(sims[row["pair"]] >= 0.2))
+        assert float(row["similarity"]) == pytest.approx(sims[row["pair"]], abs=1e-5)
+        if row["match"] == "0":
+            assert row["deletion"] == row["insertion"] == ""
+            continue
+        other = faces[1] if row["pair"] == "mate" else faces[2]
+        image, reference = (faces[0], other) if row["side"] == "probe" else (other, faces[0])
+        key = benchmark.job_key(jax.random.key(0), 1, row["pair"], row["side"])
+        part = next(p for p in parts if row["method"] in p.labels)
+        saliency = part.fn(model.params, image, reference, key)[row["method"]]
+        want = metrics.deletion(model.embed_fn, model.params, image, reference, saliency,
+                                0.2, step=32).fraction
+        assert float(row["deletion"]) == pytest.approx(float(want), abs=1e-6)
+        checked += 1
+    assert checked > 0
+
+
+def test_benchmark_resumes_adds_methods_and_repairs_a_killed_run(tmp_path, planted_cli,
+                                                                   capsys):
+    out = tmp_path / "run"
+    assert _run(out) == 0
+    first = (out / "results.csv").read_bytes()
+
+    # A new method is added to the finished triplets; old rows stay as they were.
+    assert _run(out, methods=_METHODS + ",centre_prior") == 0
+    second = (out / "results.csv").read_bytes()
+    assert second.startswith(first)
+    added = _read(out / "results.csv")[24:]
+    assert len(added) == 8 and {r["method"] for r in added} == {"centre_prior"}
+
+    # Killed mid-append: the last triplet's block cut in the middle of a line.
+    lines = second.decode().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(lines[:-3]) + lines[-3][:10])
+    assert _run(out, methods=_METHODS + ",centre_prior") == 0
+    rows = _read(out / "results.csv")
+    keys = [(r["triplet"], r["pair"], r["side"], r["method"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 4 * 4
+    # Rerun rows are the same numbers (same keys, same maps); only times differ.
+    before = {(r["triplet"], r["pair"], r["side"], r["method"]): r
+              for r in csv.DictReader(second.decode().splitlines())}
+    for row in rows:
+        old = before[(row["triplet"], row["pair"], row["side"], row["method"])]
+        assert {**row, "seconds": ""} == {**old, "seconds": ""}
+
+    # Different settings never mix into one table.
+    capsys.readouterr()
+    assert_one_error_line(_run(out, "--seed", "1"), capsys, "holds a run with seed")
+
+
+def test_benchmark_bad_inputs_fail_in_one_line(tmp_path, planted_cli, capsys):
+    assert_one_error_line(cli.main(["benchmark", "--data", str(tmp_path / "none"),
+                                    "--out", str(tmp_path / "o")]), capsys, "not a directory")
+    assert_one_error_line(_run(tmp_path / "o", methods="srise@4,nope"), capsys,
+                          "unknown explainer 'nope'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_figures_writes_figures_3_to_6(tmp_path, planted_cli):
+    out = tmp_path / "figs"
+    assert cli.main(["figures", "--num-masks", "4", "--batch-size", "4",
+                     "--convergence", "2,4", "--out", str(out)]) == 0
+    for name in ("fig3.png", "fig4.png", "fig5_mask.png", "fig5_sunglasses.png", "fig6.png"):
+        assert (out / name).stat().st_size > 10_000, name
