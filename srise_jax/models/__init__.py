@@ -1,6 +1,6 @@
 """Face-embedding models that follow the ``embed_fn(params, images)`` contract."""
 
-from srise_jax.models.arcface import load_arcface, save_arcface
+from srise_jax.models.arcface import ARCFACE_THRESHOLD, load_arcface, save_arcface
 from srise_jax.models.dlib_resnet import INPUT_SIZE as DLIB_INPUT_SIZE
 from srise_jax.models.dlib_resnet import (
     DLIB_DISTANCE_THRESHOLD,
@@ -23,6 +23,7 @@ from srise_jax.models.iresnet import (
 from srise_jax.models.mtcnn import ONet, PNet, RNet, load_mtcnn, onet_apply, pnet_apply, rnet_apply
 
 __all__ = [
+    "ARCFACE_THRESHOLD",
     "ARCH_BLOCKS",
     "DLIB_DISTANCE_THRESHOLD",
     "DLIB_INPUT_SIZE",

@@ -21,6 +21,11 @@ from srise_jax.models.checkpoint import (
 )
 from srise_jax.models.iresnet import ARCH_BLOCKS, EmbedFn, abstract_variables, arch_blocks, iresnet_embed_fn
 
+# A usual operating point of insightface's r50/r100 ArcFace models on LFW-like
+# pairs, on the cosine similarity; calibrate your own with
+# `srise_jax.thresholds.calibrate_threshold` on your data.
+ARCFACE_THRESHOLD = 0.3
+
 FORMAT = "srise-jax-arcface"
 FORMAT_VERSION = 1
 
