@@ -1,8 +1,11 @@
 """`srise-jax benchmark` and `srise-jax figures`: the paper's section 4 from the command line.
 
     srise-jax benchmark --data sample|DIR [--model dlib|arcface --weights DIR]
-        [--methods srise@500,gradient,...] [--num-triplets 50] --out DIR
+        [--methods srise@500,gradient,...] [--num-triplets 50] [--triplet-batch K]
+        --out DIR
     srise-jax benchmark --ablation --data DIR --out DIR
+    srise-jax benchmark --distributed --coordinator HOST:PORT --num-processes N
+        --process-id I --data DIR --out DIR        (one command per process)
     srise-jax figures [--out DIR]
 
 A benchmark directory holds `run.json` (what was asked), `triplets.csv`,
@@ -12,11 +15,35 @@ triplet), `table.md` (Table 1), `curves.png`, `convergence.png` and
 skips the (triplet, method) rows already written, so an interrupted run
 loses at most the triplet in flight; new methods are added to finished
 triplets.
+
+Scale. `--triplet-batch K` explains and scores K triplets at once: each job
+(pair, side) of the K triplets runs as one vmapped program whose triplet
+axis is sharded over a 1-D mesh of the process's devices
+(`benchmark.shard_over_triplets`), with the keys of one triplet at a time
+(`benchmark.job_key`). With K at most the device count (one triplet per
+device) the rows are those of K = 1; with more, a device vectorizes several
+triplets and float rounding can move a fraction by a pixel (see
+`benchmark.shard_over_triplets`). A batch holds consecutive triplets that
+need the same methods; its rows are appended triplet by triplet once the
+batch is done, `seconds` being the batch's time per triplet.
+
+`--distributed` runs one process per host, each started by the user (or a
+cluster scheduler) with the same options and coordinated by
+`jax.distributed.initialize`: process I takes the triplets whose index is I
+modulo the process count, appends its rows to `results.partI.csv`
+(resumable the same way), and once every process is done
+(`multihost_utils.sync_global_devices`) process 0 merges the parts into
+`results.csv` (sorted by triplet: a single-process run's order) and writes
+the reports. A process that fails leaves the others waiting at that barrier
+until JAX's coordination service gives up; rerun all of them to resume. A
+single-process run in a directory with parts of an interrupted distributed
+run merges them first.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import io
 import json
@@ -24,12 +51,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import srise_jax
@@ -55,7 +84,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "and the deletion/insertion AUCs, and write OUT/results.csv (one row "
                     "per triplet, pair, side, method), OUT/table.md (Table 1 with 95%% "
                     "bootstrap intervals over triplets), OUT/curves.png and "
-                    "OUT/convergence.png. Rerunning with the same OUT resumes.")
+                    "OUT/convergence.png. Rerunning with the same OUT resumes. "
+                    "--triplet-batch spreads batches of triplets over the devices; "
+                    "--distributed spreads the triplets over processes on several hosts.")
     cli._add_model_options(bench)
     bench.add_argument("--data", required=True,
                        help="'sample' (the bundled protocol: nine triplets of the sample "
@@ -99,6 +130,28 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                        "(default: %(default)s)")
     bench.add_argument("--bootstrap", type=cli._positive_int, default=10_000,
                        help="bootstrap resamples for the intervals (default: %(default)s)")
+    bench.add_argument("--triplet-batch", type=cli._positive_int, default=1, metavar="K",
+                       help="explain and score K triplets at once, vmapped, the batch "
+                            "sharded over all devices of the process (padded to a "
+                            "multiple of the device count); with K <= devices the rows "
+                            "equal K = 1's, with more a fraction can move by a pixel "
+                            "from float rounding (default: %(default)s)")
+    bench.add_argument("--distributed", action="store_true",
+                       help="one of several processes (one per host, each started with "
+                            "the same options) coordinated by jax.distributed: process I "
+                            "takes triplets I, I+N, ..., writes OUT/results.partI.csv, and "
+                            "process 0 merges the parts into OUT/results.csv and writes "
+                            "the reports once all are done")
+    bench.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="with --distributed: address of process 0's coordination "
+                            "service (default: $JAX_COORDINATOR_ADDRESS)")
+    bench.add_argument("--num-processes", type=cli._positive_int, metavar="N",
+                       help="with --distributed: number of processes (default: "
+                            "$JAX_NUM_PROCESSES)")
+    bench.add_argument("--process-id", type=cli._integer_in(0, sys.maxsize,
+                                                            "an integer >= 0"),
+                       metavar="I", help="with --distributed: this process's index in "
+                                         "[0, N) (default: $JAX_PROCESS_ID)")
     bench.add_argument("--out", required=True, type=Path, help="directory for the results")
     bench.set_defaults(command=_benchmark)
 
@@ -149,6 +202,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     name = cli._model_name(args)
     size, template = cli._FRAMES[name]
     triplets = _triplets(args)
+    process, processes = _start_processes(args)
     model = cli._load_model(args, name)
     threshold = model.threshold if args.threshold is None else args.threshold
     step = args.metric_step or math.isqrt(size * size)
@@ -158,9 +212,20 @@ def _benchmark(args: argparse.Namespace) -> int:
            "curve_points": args.curve_points,
            "ablation": {"num_masks": args.num_masks} if args.ablation else None}
     out.mkdir(parents=True, exist_ok=True)
-    _start_run(out, run, triplets)
+    _start_run(out, run, triplets, write=process == 0)
     results = out / "results.csv"
-    done = _finished(results)
+    if processes == 1:
+        _merge_parts(out)
+        mine = results
+        done = _finished(results)
+    else:
+        # Read-only views of the merged rows and the other parts (a changed
+        # process count can move a finished triplet to another process).
+        mine = out / f"results.part{process}.csv"
+        done = _finished(mine)
+        for path in [results, *_part_files(out)]:
+            if path != mine:
+                done |= set(_keys(_complete_rows(path)[0]))
 
     score = benchmark.make_score_fn(model.embed_fn, step=step, batch_size=args.metric_batch,
                                     num_points=args.curve_points)
@@ -175,39 +240,113 @@ def _benchmark(args: argparse.Namespace) -> int:
                                            batch_size=args.batch_size)
         labels = tuple(m.label for m in methods)
         iterations = {m.label: m.iterations or "" for m in methods}
+    batched = _Batched.make(parts, score, args.triplet_batch)
 
     root = jax.random.key(args.seed)
     pending = [(t, [label for label in labels if (t, label) not in done])
-               for t in range(len(triplets))]
+               for t in range(process, len(triplets), processes)]
     pending = [(t, todo) for t, todo in pending if todo]
+    where = f" (process {process} of {processes})" if processes > 1 else ""
     print(f"{model.label}, threshold {threshold:g}: {len(triplets)} triplets x "
-          f"{len(labels)} methods; {len(pending)} triplets to run", flush=True)
+          f"{len(labels)} methods; {len(pending)} triplets to run{where}", flush=True)
     faces = _FaceCache(args.data, size, template)
     skipped = 0
     with tqdm(total=sum(len(todo) for _, todo in pending), desc="benchmark", unit="method",
               file=sys.stderr, disable=None) as bar:
-        for t, todo in pending:
-            try:
-                probe, mate, nonmate = (faces.get(entry) for entry in triplets[t])
-            except (align.NoFaceError, images.ImageError) as err:
-                print(f"{cli.PROG}: warning: triplet {t} skipped: {cli._first_line(err)}",
-                      file=sys.stderr)
-                skipped += 1
-                bar.update(len(todo))
+        for batch, todo in _batches(pending, args.triplet_batch):
+            loaded = []
+            for t in batch:
+                try:
+                    loaded.append((t, tuple(faces.get(entry) for entry in triplets[t])))
+                except (align.NoFaceError, images.ImageError) as err:
+                    print(f"{cli.PROG}: warning: triplet {t} skipped: "
+                          f"{cli._first_line(err)}", file=sys.stderr)
+                    skipped += 1
+                    bar.update(len(todo))
+            if not loaded:
                 continue
-            rows, maps = _run_triplet(
-                model, parts, score, t, triplets[t], (probe, mate, nonmate), todo,
-                iterations=iterations, threshold=threshold, key=root,
-                explain_rejected=args.explain_rejected, bar=bar)
-            _append_rows(results, rows)
-            if t < args.save_maps:
-                _save_maps(out / "maps" / f"triplet{t:03d}.npz", (probe, mate, nonmate), maps)
-    written = _write_reports(out, run, labels, model, args)
+            outputs = _run_batch(model, parts, batched, loaded, triplets, todo,
+                                 iterations=iterations, threshold=threshold, key=root,
+                                 explain_rejected=args.explain_rejected)
+            for (t, triplet_faces), (rows, maps) in zip(loaded, outputs):
+                _append_rows(mine, rows)
+                if t < args.save_maps:
+                    _save_maps(out / "maps" / f"triplet{t:03d}.npz", triplet_faces, maps)
+                bar.update(len(todo))
     if skipped:
         print(f"{skipped} triplet(s) skipped (no face found); rerun after fixing them "
               "to complete the table", file=sys.stderr)
+    if processes > 1:
+        multihost_utils.sync_global_devices("srise-jax benchmark: all parts written")
+        if process != 0:
+            print(f"wrote {mine}; process 0 merges the parts and writes the reports")
+            return 1 if skipped else 0
+        _merge_parts(out)
+    written = _write_reports(out, run, labels, model, args)
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 1 if skipped else 0
+
+
+# The environment variables --distributed reads when a flag is not given.
+_DISTRIBUTED_ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS",
+                    "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+
+
+def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
+    """(this process's index, the process count): (0, 1) unless --distributed.
+
+    With --distributed, joins the other processes through
+    `jax.distributed.initialize`, which must come before any other use of
+    JAX in the process (the model is loaded after it).
+    """
+    flags = {name: "--" + name.replace("_", "-") for name in _DISTRIBUTED_ENV}
+    if not args.distributed:
+        given = [flags[name] for name in flags if getattr(args, name) is not None]
+        if given:
+            raise cli._UsageError(f"{', '.join(given)}: only with --distributed")
+        return 0, 1
+    parsers = {"coordinator": str, "num_processes": cli._positive_int,
+               "process_id": cli._integer_in(0, sys.maxsize, "an integer >= 0")}
+    values, missing = {}, []
+    for name, variable in _DISTRIBUTED_ENV.items():
+        value = getattr(args, name)
+        if value is None and os.environ.get(variable):
+            try:
+                value = parsers[name](os.environ[variable])
+            except argparse.ArgumentTypeError as err:
+                raise cli._UsageError(f"${variable}: {err}") from None
+        if value is None:
+            missing.append(f"{flags[name]} (or ${variable})")
+        values[name] = value
+    if missing:
+        raise cli._UsageError(f"--distributed needs {', '.join(missing)}")
+    host, _, port = values["coordinator"].rpartition(":")
+    if not host or not port.isdigit():
+        raise cli._UsageError(f"--coordinator {values['coordinator']}: expected HOST:PORT")
+    if values["process_id"] >= values["num_processes"]:
+        raise cli._UsageError(f"--process-id {values['process_id']} is not below "
+                              f"--num-processes {values['num_processes']}")
+    try:
+        jax.distributed.initialize(coordinator_address=values["coordinator"],
+                                   num_processes=values["num_processes"],
+                                   process_id=values["process_id"])
+    except RuntimeError as err:
+        raise cli._UsageError(f"--distributed: {cli._first_line(err)}") from None
+    return jax.process_index(), jax.process_count()
+
+
+def _batches(pending: Sequence[tuple[int, list[str]]], size: int):
+    """Runs of at most `size` consecutive pending triplets that need the same methods."""
+    batch: list[int] = []
+    todo = None
+    for t, methods in pending:
+        if batch and (methods != todo or len(batch) == size):
+            yield batch, todo
+            batch = []
+        batch.append(t)
+        todo = methods
+    if batch:
+        yield batch, todo
 
 
 def _triplets(args: argparse.Namespace) -> list[protocols.Triplet]:
@@ -246,8 +385,13 @@ class _FaceCache:
         return self.faces[entry]
 
 
-def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet]) -> None:
-    """Write run.json and triplets.csv, or check a resumed run asks the same."""
+def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet], *,
+               write: bool = True) -> None:
+    """Write run.json and triplets.csv, or check a resumed run asks the same.
+
+    With `write` False (processes other than 0 of a distributed run) only the
+    check is made; process 0 writes the files.
+    """
     path = out / "run.json"
     if path.exists():
         try:
@@ -260,6 +404,8 @@ def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet]) -> None:
                     f"{out} holds a run with {key} = {json.dumps(before.get(key))}, "
                     f"this one asks for {json.dumps(run[key])}: use another --out")
         return
+    if not write:
+        return
     listing = io.StringIO()
     writer = csv.writer(listing, lineterminator="\n")
     writer.writerow(("triplet", "probe", "mate", "nonmate"))
@@ -269,81 +415,189 @@ def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet]) -> None:
     cli._write_json(path, {**run, "srise_jax_version": srise_jax.__version__})
 
 
-def _finished(results: Path) -> set[tuple[int, str]]:
-    """(triplet, method) pairs with all their rows in results.csv.
+def _complete_rows(results: Path) -> tuple[list[dict], bool]:
+    """The rows of a results file's complete (triplet, method) blocks; whether that is all.
 
     A run killed while appending can leave a triplet's block cut short: a
     last line without its newline, and methods with fewer rows than jobs.
-    Those rows are dropped (the file is rewritten atomically) and run again,
-    so no row is ever written twice.
     """
     if not results.exists():
-        return set()
+        return [], True
     text = results.read_text()
     reader = csv.DictReader(io.StringIO(text[:text.rfind("\n") + 1]))
     if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
         raise ValueError(f"{results}: unexpected columns {reader.fieldnames}; "
                          f"expected {list(COLUMNS)}")
     rows = list(reader)
-    counts: dict[tuple[int, str], int] = {}
-    for row in rows:
-        key = (int(row["triplet"]), row["method"])
-        counts[key] = counts.get(key, 0) + 1
+    counts = collections.Counter(_keys(rows))
     jobs = len(benchmark.PAIRS) * len(benchmark.SIDES)
-    done = {key for key, count in counts.items() if count == jobs}
-    if not text.endswith("\n") or len(done) * jobs != len(rows):
-        kept = [row for row in rows if (int(row["triplet"]), row["method"]) in done]
-        block = io.StringIO()
-        writer = csv.DictWriter(block, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(kept)
-        with viz.atomic_file(results) as file:
-            file.write(block.getvalue().encode())
-    return done
+    kept = [row for row, key in zip(rows, _keys(rows)) if counts[key] == jobs]
+    return kept, text.endswith("\n") and len(kept) == len(rows)
 
 
-def _run_triplet(model, parts, score, t: int, entries, faces, todo: Sequence[str], *,
-                 iterations: dict, threshold: float, key: jax.Array, explain_rejected: bool,
-                 bar) -> tuple[list, dict]:
-    """Explain and score one triplet for the methods in `todo`; its rows and maps.
+def _keys(rows: Sequence[dict]) -> list[tuple[int, str]]:
+    """(triplet, method) of each row."""
+    return [(int(row["triplet"]), row["method"]) for row in rows]
+
+
+def _finished(results: Path) -> set[tuple[int, str]]:
+    """(triplet, method) pairs with all their rows in a results file.
+
+    The rows of cut blocks (`_complete_rows`) are dropped (the file is
+    rewritten atomically) and run again, so no row is ever written twice.
+    """
+    rows, intact = _complete_rows(results)
+    if not intact:
+        _write_rows(results, rows)
+    return set(_keys(rows))
+
+
+def _write_rows(results: Path, rows: Sequence[dict]) -> None:
+    """Replace a results file by these rows, atomically."""
+    block = io.StringIO()
+    writer = csv.DictWriter(block, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with viz.atomic_file(results) as file:
+        file.write(block.getvalue().encode())
+
+
+def _part_files(out: Path) -> list[Path]:
+    """The results.partI.csv of a distributed run, by process index."""
+    parts = [p for p in out.glob("results.part*.csv")
+             if p.name[len("results.part"):-len(".csv")].isdigit()]
+    return sorted(parts, key=lambda p: int(p.name[len("results.part"):-len(".csv")]))
+
+
+def _merge_parts(out: Path) -> None:
+    """Fold the processes' results.partI.csv into results.csv, then remove them.
+
+    Rows are sorted by triplet; a stable sort keeps each triplet's rows in
+    the order they were written, which is a single-process run's order. A
+    (triplet, pair, side, method) row found twice is kept once.
+    """
+    parts = _part_files(out)
+    if not parts:
+        return
+    merged, seen = [], set()
+    for path in [out / "results.csv", *parts]:
+        for row in _complete_rows(path)[0]:
+            job = (int(row["triplet"]), row["pair"], row["side"], row["method"])
+            if job not in seen:
+                seen.add(job)
+                merged.append(row)
+    merged.sort(key=lambda row: int(row["triplet"]))
+    _write_rows(out / "results.csv", merged)
+    for path in parts:
+        path.unlink()
+
+
+class _Batched(NamedTuple):
+    """The explain parts and the score as functions of a batch of triplets.
+
+    Every argument but params and the threshold is stacked along a leading
+    triplet axis, and so is every output.
+    """
+
+    explain: tuple[Callable, ...]  # per part: (params, images, references, keys)
+    score: Callable  # (params, images, references, saliency, threshold)
+
+    @classmethod
+    def make(cls, parts, score: Callable, size: int) -> _Batched:
+        """Batches of one: the parts as they are. Larger: vmapped and sharded."""
+        explain_args, score_args = (False, True, True, True), (False, True, True, True, False)
+        if size == 1:
+            return cls(tuple(_one_at_a_time(part.fn, explain_args) for part in parts),
+                       _one_at_a_time(score, score_args))
+        mesh = benchmark.triplet_mesh(jax.local_devices())
+        devices = mesh.shape[benchmark.TRIPLET_AXIS]
+        multiple = -(-size // devices) * devices
+        explain = tuple(benchmark.shard_over_triplets(part.fn, mesh, batched=explain_args,
+                                                      multiple=multiple)
+                        for part in parts)
+        return cls(explain, benchmark.shard_over_triplets(score, mesh, batched=score_args,
+                                                          multiple=multiple))
+
+
+def _one_at_a_time(fn: Callable, batched: Sequence[bool]) -> Callable:
+    """`fn` called as `shard_over_triplets` would call it, on a batch of one.
+
+    The arguments flagged in `batched` are unstacked and the outputs stacked,
+    so a default run computes exactly what it did before batches existed.
+    """
+    def call(*args):
+        out = fn(*(a[0] if b else a for a, b in zip(args, batched)))
+        return jax.tree.map(lambda x: x[None], out)
+    return call
+
+
+def _run_batch(model, parts, batched: _Batched, loaded, triplets, todo: Sequence[str], *,
+               iterations: dict, threshold: float, key: jax.Array,
+               explain_rejected: bool) -> list[tuple[list, dict]]:
+    """Explain and score a batch of triplets for the methods in `todo`.
 
     A pair the model rejects is not scored (see `srise_jax.benchmark`), so
     its maps are computed only with `explain_rejected`; its rows are written
-    either way, with the similarity and empty metrics.
+    either way, with the similarity and empty metrics. In a batch, a job
+    runs for all triplets if any needs it, and only the rows and maps a
+    one-triplet run would write are kept.
+
+    Args:
+      loaded: (triplet index, (probe, mate, nonmate) faces) of each triplet.
+
+    Returns:
+      Per triplet: its rows (in a one-triplet run's order) and its maps.
     """
-    probe, mate, nonmate = faces
-    similarity = benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
-    others = {"mate": (mate, entries.mate), "nonmate": (nonmate, entries.nonmate)}
-    needed = [part for part in parts if set(part.labels) & set(todo)]
-    rows, maps = [], {}
+    indices = [t for t, _ in loaded]
+    similarity = [benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
+                  for _, faces in loaded]
+    needed = [(part, fn) for part, fn in zip(parts, batched.explain)
+              if set(part.labels) & set(todo)]
+    rows: list[list] = [[] for _ in loaded]
+    maps: list[dict] = [{} for _ in loaded]
     for pair in benchmark.PAIRS:
-        other, other_entry = others[pair]
-        match = similarity[pair] >= threshold
+        match = [sims[pair] >= threshold for sims in similarity]
+        explained = [m or explain_rejected for m in match]
         for side in benchmark.SIDES:
-            image, reference = (probe, other) if side == "probe" else (other, probe)
-            names = ((entries.probe, other_entry) if side == "probe"
-                     else (other_entry, entries.probe))
-            job = benchmark.job_key(key, t, pair, side)
-            if not (match or explain_rejected):
-                rows += [_row(t, pair, side, names, label, iterations[label],
-                              similarity[pair], match, None, None) for label in todo]
-                continue
-            for part in needed:
+            # (image, reference) faces and names of each triplet's job.
+            jobs = []
+            for t, (probe, mate, nonmate) in loaded:
+                entries = triplets[t]
+                other = (mate, entries.mate) if pair == "mate" else (nonmate, entries.nonmate)
+                own = (probe, entries.probe)
+                jobs.append((own, other) if side == "probe" else (other, own))
+            images = np.stack([image for (image, _), _ in jobs])
+            references = np.stack([reference for _, (reference, _) in jobs])
+            keys = jnp.stack([benchmark.job_key(key, t, pair, side) for t in indices])
+            results = {}  # label -> (maps, seconds per triplet, scores or None)
+            for part, explain in (needed if any(explained) else ()):
                 start = time.perf_counter()
-                part_maps = jax.block_until_ready(part.fn(model.params, image, reference, job))
-                seconds = time.perf_counter() - start
+                part_maps = jax.block_until_ready(
+                    explain(model.params, images, references, keys))
+                seconds = (time.perf_counter() - start) / len(loaded)
                 for label in part.labels:
                     if label not in todo:
                         continue
                     saliency = part_maps[label]
-                    maps[f"{label}/{pair}/{side}"] = np.asarray(saliency)
-                    scored = (score(model.params, image, reference, saliency, threshold)
-                              if match else None)
-                    rows.append(_row(t, pair, side, names, label, iterations[label],
-                                     similarity[pair], match, seconds, scored))
-    for _ in todo:
-        bar.update()
-    return rows, maps
+                    scored = (batched.score(model.params, images, references, saliency,
+                                            threshold) if any(match) else None)
+                    results[label] = (np.asarray(saliency), seconds,
+                                      None if scored is None else
+                                      jax.tree.map(np.asarray, scored))
+            for i, (t, _) in enumerate(loaded):
+                names = (jobs[i][0][1], jobs[i][1][1])
+                if not explained[i]:
+                    rows[i] += [_row(t, pair, side, names, label, iterations[label],
+                                     similarity[i][pair], False, None, None)
+                                for label in todo]
+                    continue
+                for label, (saliency, seconds, scored) in results.items():
+                    maps[i][f"{label}/{pair}/{side}"] = saliency[i]
+                    mine = ({name: value[i] for name, value in scored.items()}
+                            if match[i] else None)
+                    rows[i].append(_row(t, pair, side, names, label, iterations[label],
+                                        similarity[i][pair], match[i], seconds, mine))
+    return list(zip(rows, maps))
 
 
 def _row(t, pair, side, names, label, iterations, similarity, match, seconds, scored) -> dict:

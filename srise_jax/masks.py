@@ -82,15 +82,18 @@ def gaussian_mask(
         below 0.5). Because all patches share sigma,
         max_p exp(-r_p**2 / 2 sigma**2) = exp(-min_p r_p**2 / 2 sigma**2): the
         mask comes from a squared distance transform of the centre impulses,
-        two separable min-plus passes of `kernel_size` taps.
+        separable: each patch's window column (a scatter-min of
+        `kernel_size` values), then one horizontal min-plus pass of
+        `kernel_size` taps.
       "sum": the sum of the patches clipped to 1. With the paper's defaults
         the patches cover a 112x112 image about 2.5 times over, so the
         clipped sum is 1 almost everywhere (mean value 0.95, 86% of the
-        pixels fully visible) and the masks barely perturb the face. Computed as the
-        centre impulses convolved with the separable Gaussian window.
+        pixels fully visible) and the masks barely perturb the face. Computed as
+        the patches' window columns (a scatter-add) convolved horizontally with
+        the Gaussian's taps.
       "occlude": one minus the "max" mask: the patches hide the face.
-    Each rule costs O(H * W * kernel_size) per mask whatever `num_patches`
-    is (never O(num_patches * H * W)).
+    Each rule costs O(H * W * kernel_size + num_patches * kernel_size) per
+    mask (never O(num_patches * H * W)).
 
     Args:
         key: a `jax.random` key.
@@ -109,19 +112,23 @@ def gaussian_mask(
     height, width = shape
     centres = jax.random.randint(
             key, (num_patches, 2), 0, jnp.array([height, width]))
+    lo, hi = _offsets(kernel_size)
+    d = jnp.arange(-lo, hi)
+    # The first (vertical) pass only has work at the patches' columns: each
+    # patch writes its own window column, P * kernel_size values, instead of
+    # a pass over all H * W pixels.
+    rows = centres[:, :1] + d[None, :]
+    rows = jnp.where((rows >= 0) & (rows < height), rows, height)  # dropped
+    cols = jnp.broadcast_to(centres[:, 1:], rows.shape)
     if combine == "sum":
-        impulses = jnp.zeros((height, width), jnp.float32)
-        impulses = impulses.at[centres[:, 0], centres[:, 1]].add(1.0)
-        lo, hi = _offsets(kernel_size)
-        d = jnp.arange(-lo, hi, dtype=jnp.float32)
-        taps = jnp.exp(-d**2 / (2.0 * sigma**2))
-        total = _sum_axis(_sum_axis(impulses, 0, taps, kernel_size), 1, taps,
-                          kernel_size)
+        taps = jnp.exp(-d.astype(jnp.float32)**2 / (2.0 * sigma**2))
+        column = jnp.zeros((height, width), jnp.float32).at[rows, cols].add(
+            jnp.broadcast_to(taps, rows.shape), mode="drop")
+        total = _sum_axis(column, 1, taps, kernel_size)
         return jnp.minimum(total, 1.0).astype(dtype)
-    impulses = jnp.full((height, width), jnp.inf, jnp.float32)
-    impulses = impulses.at[centres[:, 0], centres[:, 1]].set(0.0)
-    dist2 = _min_plus_axis(_min_plus_axis(impulses, 0, kernel_size), 1,
-                           kernel_size)
+    column = jnp.full((height, width), jnp.inf, jnp.float32).at[rows, cols].min(
+        jnp.broadcast_to((d * d).astype(jnp.float32), rows.shape), mode="drop")
+    dist2 = _min_plus_axis(column, 1, kernel_size)
     union = jnp.exp(-dist2 / (2.0 * sigma**2))
     return (1.0 - union if combine == "occlude" else union).astype(dtype)
 

@@ -121,3 +121,43 @@ def test_figures_writes_figures_3_to_6(tmp_path, planted_cli):
                      "--convergence", "2,4", "--out", str(out)]) == 0
     for name in ("fig3.png", "fig4.png", "fig5_mask.png", "fig5_sunglasses.png", "fig6.png"):
         assert (out / name).stat().st_size > 10_000, name
+
+
+def test_benchmark_distributed_options_fail_in_one_line(tmp_path, planted_cli, capsys,
+                                                        monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert_one_error_line(_run(tmp_path / "o", "--process-id", "0"), capsys,
+                          "--process-id: only with --distributed")
+    assert_one_error_line(_run(tmp_path / "o", "--distributed", "--process-id", "0"), capsys,
+                          "--distributed needs --coordinator (or $JAX_COORDINATOR_ADDRESS), "
+                          "--num-processes (or $JAX_NUM_PROCESSES)")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    assert_one_error_line(_run(tmp_path / "o", "--distributed"), capsys,
+                          "$JAX_NUM_PROCESSES: must be a positive integer")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+    assert_one_error_line(_run(tmp_path / "o", "--distributed", "--process-id", "2"), capsys,
+                          "--process-id 2 is not below --num-processes 2")
+    assert not (tmp_path / "o").exists()
+
+
+def test_benchmark_merges_parts_left_by_a_distributed_run(tmp_path, planted_cli):
+    out = tmp_path / "run"
+    assert _run(out) == 0
+    whole = (out / "results.csv").read_bytes()
+    # An interrupted 2-process run: each part holds its triplet, nothing merged;
+    # the part of process 1 was cut mid-line.
+    lines = whole.decode().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    (out / "results.part0.csv").write_text(header + "".join(rows[:12]))
+    (out / "results.part1.csv").write_text(header + "".join(rows[12:-1]) + rows[-1][:7])
+    (out / "results.csv").unlink()
+    assert _run(out) == 0
+    assert not list(out.glob("results.part*.csv"))
+    # The merged rows, plus the cut method's rows run again (same keys, same numbers).
+    job = lambda r: (r["triplet"], r["pair"], r["side"], r["method"])
+    got = {job(r): {**r, "seconds": ""} for r in _read(out / "results.csv")}
+    want = {job(r): {**r, "seconds": ""}
+            for r in csv.DictReader(whole.decode().splitlines())}
+    assert len(_read(out / "results.csv")) == len(want) and got == want

@@ -86,7 +86,7 @@ def test_gaussian_mask_paper_defaults_perturb_the_image(key):
     assert float((batch < 0.5).mean()) > 0.1
 
 
-def test_gaussian_mask_cost_does_not_grow_with_patches(key):
+def test_gaussian_mask_cost_never_grows_like_patches_times_pixels(key):
     """XLA's own flop count: 100x more patches cost almost nothing more.
 
     A per-patch construction costs P x H x W; the distance-transform one is
@@ -100,7 +100,9 @@ def test_gaussian_mask_cost_does_not_grow_with_patches(key):
             pytest.skip("this backend reports no cost analysis")
         return analysis["flops"]
 
-    assert flops(1000) < 1.2 * flops(10)
+    # Each patch adds its window column (kernel_size values); the per-pixel
+    # pass is shared. Never num_patches * H * W: that would add 12.4 M here.
+    assert flops(1000) - flops(10) < 0.1 * 990 * 112 * 112
 
 
 def test_rise_masks_shape_range_and_keep_rate(key):
