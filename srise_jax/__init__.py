@@ -6,7 +6,10 @@ Where things are: the kernel in `srise_jax.srise`, the masks in
 in `srise_jax.explainers`, thresholds in `srise_jax.thresholds`, datasets and
 triplet protocols in `srise_jax.protocols`, face detection in `srise_jax.detect` and alignment in
 `srise_jax.align`, the sample photos in `srise_jax.data`, figures in
-`srise_jax.viz`, the command line in `srise_jax.cli`.
+`srise_jax.viz`, the faithfulness benchmark (the paper's Table 1: methods,
+scoring, bootstrap summary) in `srise_jax.benchmark`, named S-RISE settings
+for ablations (presets) in `srise_jax.ablation`, the command line in
+`srise_jax.cli`.
 """
 
 from srise_jax.align import (
@@ -21,10 +24,19 @@ from srise_jax.align import (
 from srise_jax.data import aligned_sample, occlude, occlusion_region, sample_faces, sample_triplet
 from srise_jax.detect import Faces, detect_faces
 from srise_jax.explainers import explainer_kind, get_explainer, list_explainers
+from srise_jax.explainers.perturbation import srise_convergence
 from srise_jax.images import ImageError, load_face, load_image, synthetic_faces
 from srise_jax.masks import gaussian_mask, gaussian_masks, rise_mask, rise_masks
-from srise_jax.metrics import MetricResult, deletion, deletion_insertion, insertion
+from srise_jax.metrics import (
+    Curve,
+    MetricResult,
+    deletion,
+    deletion_insertion,
+    insertion,
+    similarity_curve,
+)
 from srise_jax.models import (
+    ARCFACE_THRESHOLD,
     ARCH_BLOCKS,
     DLIB_THRESHOLD,
     dlib_embed_fn,
@@ -53,7 +65,7 @@ from srise_jax.thresholds import (
     roc_curve,
     verification_accuracy,
 )
-from srise_jax.viz import plot_curves, plot_triplet
+from srise_jax.viz import plot_convergence, plot_curves, plot_mean_curves, plot_triplet
 from srise_jax.srise import (
     PairSaliency,
     SaliencySums,
@@ -74,10 +86,12 @@ __all__ = [
     "align_face",
     "aligned_sample",
     "ARCFACE_112",
+    "ARCFACE_THRESHOLD",
     "ARCH_BLOCKS",
     "calibrate_threshold",
     "cascading_randomization",
     "cosine_similarity",
+    "Curve",
     "deletion",
     "deletion_insertion",
     "detect_and_align",
@@ -112,7 +126,9 @@ __all__ = [
     "occlusion_region",
     "Pair",
     "PairSaliency",
+    "plot_convergence",
     "plot_curves",
+    "plot_mean_curves",
     "plot_triplet",
     "preprocess",
     "randomize",
@@ -128,7 +144,9 @@ __all__ = [
     "sample_triplet",
     "sample_triplets",
     "SanityResult",
+    "similarity_curve",
     "similarity_transform",
+    "srise_convergence",
     "srise_pair",
     "srise_triplet",
     "SRiseConfig",

@@ -50,6 +50,9 @@ def preset(name: str, **overrides: Any) -> srise.SRiseConfig:
       name: a key of `GRID`.
       **overrides: other `SRiseConfig` fields (num_masks, batch_size, ...).
 
+    Returns:
+      The `SRiseConfig` of the `GRID[name]` settings with `overrides` applied.
+
     Raises:
       ValueError: unknown name (the message lists the known ones).
     """

@@ -202,7 +202,24 @@ class AlignedFace(NamedTuple):
 def detect_and_align(path_or_array: str | os.PathLike | np.ndarray, *,
                      size: int = 112, template: np.ndarray = ARCFACE_112
                      ) -> AlignedFace:
-    """Photo to aligned face crop, with the detections (see `preprocess`)."""
+    """Photo to aligned face crop, with the detections (see `preprocess`).
+
+    Args:
+      path_or_array, size, template: as in `preprocess`.
+
+    Returns:
+      AlignedFace: the crop (the largest detection aligned on `template`),
+      every detection in the photo, and which one was aligned.
+
+    Raises:
+      ImageError: the file is missing or not a readable image.
+      NoFaceError: the detector found no face.
+      ValueError: `size` is not a positive int, or the array is not RGB.
+
+    References:
+      Zhang et al., "Joint Face Detection and Alignment using Multi-task
+      Cascaded Convolutional Networks", 2016. https://arxiv.org/abs/1604.02878
+    """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if isinstance(path_or_array, (str, os.PathLike)):

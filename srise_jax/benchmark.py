@@ -96,6 +96,13 @@ class Method:
 def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
     """Methods from "srise@500,gradient,..." (or a list of such labels).
 
+    Args:
+      spec: comma-separated labels "name" or "name@N" (blanks ignored), or an
+        iterable of labels; each name from `explainers.list_explainers()`.
+
+    Returns:
+      The `Method`s in the order given.
+
     Raises:
       ValueError: an unknown name (the message lists the known ones), a bad
         or non-positive count, "@N" on a method without iterations, or a
@@ -131,12 +138,29 @@ def method_key(key: jax.Array, label: str) -> jax.Array:
     Folding in a hash of the label (not the method's position) keeps each
     method's maps the same when methods are added to or dropped from a run,
     which is what lets a resumed run add methods to finished triplets.
+
+    Args:
+      key: a job's `jax.random` key (`job_key`).
+      label: the method's `Method.label`, e.g. "srise@500".
+
+    Returns:
+      A `jax.random` key: `key` folded with the label's CRC-32.
     """
     return jax.random.fold_in(key, zlib.crc32(label.encode()) & 0x7FFFFFFF)
 
 
 def job_key(key: jax.Array, triplet: int, pair: str, side: str) -> jax.Array:
-    """The key of one (triplet, pair, side) explanation job."""
+    """The key of one (triplet, pair, side) explanation job.
+
+    Args:
+      key: the run's `jax.random` key.
+      triplet: the triplet's index in the run.
+      pair: one of `PAIRS` ("mate", "nonmate").
+      side: one of `SIDES` ("probe", "other").
+
+    Returns:
+      A `jax.random` key, distinct for each (triplet, pair, side).
+    """
     key = jax.random.fold_in(key, triplet)
     return jax.random.fold_in(key, 2 * PAIRS.index(pair) + SIDES.index(side))
 
@@ -220,6 +244,22 @@ def make_score_fn(embed_fn: Callable, *, step: int, batch_size: int = 32,
     exact: `metrics.deletion` / `insertion` with this coarse `step`),
     "deletion_auc", "insertion_auc" and (num_points,) "deletion_curve",
     "insertion_curve" (`metrics.similarity_curve`).
+
+    Args:
+      embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
+      step: the coarse grid of the exact fractions' search, as in
+        `metrics.deletion` (the same answer as step=1 when the similarity
+        crosses the threshold once).
+      batch_size: perturbed images per `embed_fn` call.
+      num_points: points of each similarity curve.
+
+    Returns:
+      The jitted `score`; its `image`, `reference` are Float[Array, "h w 3"],
+      `saliency` Float[Array, "h w"] (`image`'s map) and `threshold` the
+      model's match threshold on the cosine similarity.
+
+    References:
+      Lu and Ebrahimi, arXiv:2304.06118, section 4.4 (Deletion, Insertion).
     """
 
     def score(params, image, reference, saliency, threshold):
@@ -238,7 +278,16 @@ def make_score_fn(embed_fn: Callable, *, step: int, batch_size: int = 32,
 
 def triplet_similarities(embed_fn: Callable, params: Any, probe: jax.Array,
                          mate: jax.Array, nonmate: jax.Array) -> dict[str, float]:
-    """{"mate": cos(probe, mate), "nonmate": cos(probe, nonmate)}."""
+    """{"mate": cos(probe, mate), "nonmate": cos(probe, nonmate)}.
+
+    Args:
+      embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
+      params: the model's parameter pytree.
+      probe, mate, nonmate: Float[Array, "h w 3"] RGB in [0, 1].
+
+    Returns:
+      The two cosine similarities of the intact images, as Python floats.
+    """
     units = unit_normalize(embed_fn(params, jnp.stack([probe, mate, nonmate])))
     sims = np.asarray(units[1:] @ units[0])
     return {"mate": float(sims[0]), "nonmate": float(sims[1])}
@@ -257,6 +306,12 @@ def triplet_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Me
 
     In a multi-process run where each process takes its own triplets, pass
     `jax.local_devices()`.
+
+    Args:
+      devices: the devices of the mesh, in order; None: `jax.devices()`.
+
+    Returns:
+      A `jax.sharding.Mesh` of shape (len(devices),).
     """
     devices = jax.devices() if devices is None else list(devices)
     return jax.sharding.Mesh(np.asarray(devices), (TRIPLET_AXIS,))
@@ -433,6 +488,16 @@ def format_table(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) -> 
     Each cell is "mean [low, high]" (the bootstrap interval at `level`);
     Deletion, Insertion and their average: smaller is better; deletion AUC:
     smaller is better; insertion AUC: larger is better.
+
+    Args:
+      table: one row per method, as `summarize` returns them.
+      level: the interval level `summarize` used, for the caption.
+
+    Returns:
+      The Markdown table and a caption line, ending in a newline.
+
+    References:
+      Lu and Ebrahimi, arXiv:2304.06118, Table 1.
     """
     percent = f"{100 * level:g}%"
     header = ["method", "iterations", "deletion", "insertion", "average",

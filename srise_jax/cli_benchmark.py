@@ -103,6 +103,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        help="instead of --methods, run S-RISE in each setting of the "
                             "ablation grid (srise_jax.ablation.GRID: the paper's preset "
                             "and one change at a time) and tabulate each setting")
+    bench.add_argument("--settings",
+                       help="with --ablation: comma-separated settings of the grid to run "
+                            f"(default: all: {', '.join(ablation.GRID)})")
     bench.add_argument("--num-masks", type=cli._positive_int, default=200,
                        help="masks per map in the ablation (default: %(default)s)")
     bench.add_argument("--seed", type=cli._seed, default=0,
@@ -177,6 +180,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     figures.set_defaults(command=_figures)
 
 
+def _settings_grid(spec: str | None) -> dict:
+    """The ablation settings --settings names (all of `ablation.GRID` by default)."""
+    if spec is None:
+        return dict(ablation.GRID)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ablation.GRID]
+    if unknown or not names:
+        raise cli._UsageError(f"--settings: unknown setting(s) {', '.join(unknown) or '(none)'}; "
+                              f"available: {', '.join(ablation.GRID)}")
+    return {name: ablation.GRID[name] for name in names}
+
+
 def _counts(text: str) -> tuple[int, ...]:
     """An argparse type: increasing positive integers "10,100,500"."""
     try:
@@ -197,7 +212,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not out.is_dir():
         raise cli._UsageError(f"{out}: exists and is not a directory")
-    if not args.ablation:
+    if args.ablation:
+        settings = _settings_grid(args.settings)
+    else:
         methods = benchmark.parse_methods(args.methods)
     name = cli._model_name(args)
     size, template = cli._FRAMES[name]
@@ -230,9 +247,9 @@ def _benchmark(args: argparse.Namespace) -> int:
     score = benchmark.make_score_fn(model.embed_fn, step=step, batch_size=args.metric_batch,
                                     num_points=args.curve_points)
     if args.ablation:
-        parts = ablation.make_explain_fns(model.embed_fn, ablation.GRID,
+        parts = ablation.make_explain_fns(model.embed_fn, settings,
                                           num_masks=args.num_masks, batch_size=args.batch_size)
-        labels = tuple(ablation.GRID)
+        labels = tuple(settings)
         iterations = {label: args.num_masks for label in labels}
     else:
         parts = benchmark.make_explain_fns(model.embed_fn, methods,

@@ -14,6 +14,13 @@ def unit_normalize(embeddings: jax.Array) -> jax.Array:
 
     Float32 whatever the model's compute dtype, so that scores and saliency
     sums accumulate in full precision.
+
+    Args:
+      embeddings: Float[Array, "... d"], in any float dtype.
+
+    Returns:
+      Float[Array, "... d"] float32, each row divided by its L2 norm (by a
+      tiny epsilon instead for a zero row, which stays zero).
     """
     x = embeddings.astype(jnp.float32)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True),
@@ -21,5 +28,13 @@ def unit_normalize(embeddings: jax.Array) -> jax.Array:
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Cosine similarity of `a` and `b` along the last axis (broadcasting)."""
+    """Cosine similarity of `a` and `b` along the last axis (broadcasting).
+
+    Args:
+      a: Float[Array, "... d"].
+      b: Float[Array, "... d"], broadcastable against `a`.
+
+    Returns:
+      Float[Array, "..."] float32 in [-1, 1] (0 against a zero vector).
+    """
     return jnp.sum(unit_normalize(a) * unit_normalize(b), axis=-1)

@@ -113,7 +113,7 @@ class TripletSaliency(NamedTuple):
 
 
 class SaliencySums(NamedTuple):
-    """Partial sums over a range of masks; add them, then `finalize_pair`.
+    """Partial sums over a range of masks; add them, then `finalize_triplet`.
 
     Attributes:
       weighted: Float[Array, "j h w"], sum_i s_ji M_i for each job j.
@@ -435,7 +435,16 @@ def triplet_sums(
 
 
 def add_sums(x: SaliencySums, y: SaliencySums) -> SaliencySums:
-    """Combine the sums of two consecutive mask ranges."""
+    """Combine the sums of two consecutive mask ranges.
+
+    Args:
+      x: the sums of masks [i, j), as `triplet_sums` returns them.
+      y: the sums of masks [j, k), of the same jobs.
+
+    Returns:
+      SaliencySums of masks [i, k): weighted and coverage summed, scores
+      concatenated along the mask axis.
+    """
     return SaliencySums(x.weighted + y.weighted, x.coverage + y.coverage,
                         jnp.concatenate([x.scores, y.scores], axis=-1))
 
@@ -450,7 +459,19 @@ def finalize_triplet(
     *,
     normalize: str = "coverage",
 ) -> TripletSaliency:
-    """Turn the summed `triplet_sums` of all N masks into a `TripletSaliency`."""
+    """Turn the summed `triplet_sums` of all N masks into a `TripletSaliency`.
+
+    Args:
+      embed_fn, params, probe, mate, nonmate: as in `srise_triplet`.
+      sums: `triplet_sums` over all N masks (ranges combined with `add_sums`).
+      normalize: "coverage" or "none", as in `SRiseConfig`.
+
+    Returns:
+      TripletSaliency, equal to `srise_triplet`'s with the same key and config.
+
+    References:
+      Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
+    """
     _check_normalize(normalize)
     units = _unit(embed_fn(params, jnp.stack([probe, mate, nonmate])))
     if len(sums) == 1:
@@ -509,6 +530,16 @@ def normalize_jointly(triplet: TripletSaliency) -> TripletSaliency:
     A shared scale keeps the non-match maps "shallower" than the match maps
     when the model finds the non-match less similar, as in the paper's Fig. 3;
     per-map normalization would hide exactly that.
+
+    Args:
+      triplet: the maps of `srise_triplet`.
+
+    Returns:
+      TripletSaliency with the four maps in [0, 1] (scores and similarities
+      unchanged).
+
+    References:
+      Lu and Ebrahimi, arXiv:2304.06118, Fig. 3.
     """
     maps = jnp.stack([triplet.mate.saliency_a, triplet.mate.saliency_b,
                       triplet.nonmate.saliency_a, triplet.nonmate.saliency_b])

@@ -291,7 +291,12 @@ def plot_convergence(
 
 
 def save_png(figure: Figure, path: str | Path) -> None:
-    """Write `figure` as a PNG at its own size and resolution, atomically."""
+    """Write `figure` as a PNG at its own size and resolution, atomically.
+
+    Args:
+      figure: a Matplotlib figure, e.g. from `plot_triplet`.
+      path: the file to write (replaced whole, or left untouched on error).
+    """
     with atomic_file(path) as file:
         figure.savefig(file, format="png", dpi=figure.dpi)
 

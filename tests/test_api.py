@@ -1,9 +1,40 @@
 """The public API: everything `srise_jax.__all__` names exists and is documented."""
 
+import importlib
 import inspect
+import pkgutil
+import re
 
 import srise_jax
 from srise_jax import explainers
+
+# The command line documents itself through argparse help, not docstrings.
+_COMMAND_LINE = {"srise_jax.cli", "srise_jax.cli_benchmark"}
+_ARGS = re.compile(r"^\s*Args:\s*$|as in `[\w.]+`", re.MULTILINE)
+_RETURNS = re.compile(r"^\s*(Returns|Yields):\s*$", re.MULTILINE)
+
+
+def _public_modules():
+    for info in pkgutil.walk_packages(srise_jax.__path__, prefix="srise_jax."):
+        name = info.name
+        if name in _COMMAND_LINE or any(part.startswith("_") for part in name.split(".")):
+            continue
+        yield importlib.import_module(name)
+
+
+def _public_definitions():
+    """Yields (dotted name, object) for each public function and class defined in the package."""
+    for module in _public_modules():
+        for name, value in vars(module).items():
+            if (not name.startswith("_")
+                    and (inspect.isfunction(value) or inspect.isclass(value))
+                    and value.__module__ == module.__name__):
+                yield f"{module.__name__}.{name}", value
+
+
+def _returns_something(function):
+    # Unannotated counts as returning: only `-> None` exempts a function.
+    return inspect.signature(function).return_annotation not in (None, "None")
 
 
 def test_every_public_name_exists_and_has_a_docstring():
@@ -13,6 +44,25 @@ def test_every_public_name_exists_and_has_a_docstring():
         if (inspect.isfunction(value) or inspect.isclass(value)) and not inspect.getdoc(value):
             undocumented.append(name)
     assert undocumented == []
+
+
+def test_every_public_definition_in_every_module_has_a_docstring():
+    undocumented = [name for name, value in _public_definitions() if not inspect.getdoc(value)]
+    assert not undocumented, f"no docstring: {undocumented}"
+
+
+def test_every_public_function_documents_its_args_and_returns():
+    missing_args, missing_returns = [], []
+    for name, value in _public_definitions():
+        doc = inspect.getdoc(value)
+        if not inspect.isfunction(value) or not doc:
+            continue
+        if inspect.signature(value).parameters and not _ARGS.search(doc):
+            missing_args.append(name)
+        if _returns_something(value) and not _RETURNS.search(doc):
+            missing_returns.append(name)
+    assert not missing_args, f"no Args: section nor 'as in `other`': {missing_args}"
+    assert not missing_returns, f"no Returns: or Yields: section: {missing_returns}"
 
 
 def test_every_registered_explainer_is_documented():

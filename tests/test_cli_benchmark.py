@@ -161,3 +161,19 @@ def test_benchmark_merges_parts_left_by_a_distributed_run(tmp_path, planted_cli)
     want = {job(r): {**r, "seconds": ""}
             for r in csv.DictReader(whole.decode().splitlines())}
     assert len(_read(out / "results.csv")) == len(want) and got == want
+
+
+def test_ablation_runs_the_chosen_settings_and_rejects_unknown_ones(tmp_path, planted_cli,
+                                                                    capsys):
+    out = tmp_path / "ablation"
+    assert cli.main(["benchmark", "--ablation", "--settings", "paper,fill=mean",
+                     "--num-masks", "4", "--data", "sample", "--num-triplets", "1",
+                     *_OPTIONS, "--out", str(out)]) == 0
+    rows = _read(out / "results.csv")
+    assert {r["method"] for r in rows} == {"paper", "fill=mean"}
+    assert {r["iterations"] for r in rows} == {"4"}
+    capsys.readouterr()
+    assert_one_error_line(cli.main(["benchmark", "--ablation", "--settings", "paper,nope",
+                                    "--data", "sample", "--out", str(tmp_path / "bad")]),
+                          capsys, "unknown setting(s) nope")
+    assert not (tmp_path / "bad").exists()

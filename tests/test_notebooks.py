@@ -17,6 +17,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
+from nbclient.util import run_sync
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -62,6 +63,11 @@ def run_notebook(nb, cwd: Path, kernel_dir: Path) -> None:
     except (CellTimeoutError, DeadKernelError) as error:
         # No error output is recorded for these; the message says which cell.
         raise AssertionError(str(error).strip().splitlines()[-1]) from None
+    finally:
+        # nbclient leaves a kernel manager it was given running: stop the
+        # kernel here, or each notebook's kernel (1+ GB) outlives its test.
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -53,6 +53,10 @@ def similarity_gradient(embed_fn: EmbedFn, params: Any, image: jax.Array,
                         reference: jax.Array) -> jax.Array:
     """ds/dx, the raw gradient of the similarity with respect to `image`.
 
+    Args:
+      embed_fn, params, reference: as in `similarity_fn`.
+      image: Float[Array, "h w 3"], the image explained.
+
     Returns:
       Float[Array, "h w 3"].
     """
@@ -94,6 +98,10 @@ def gradient_x_input(embed_fn: EmbedFn, params: Any, image: jax.Array, reference
     Signed: a positive value means the pixel, moved linearly from black to its
     value, raises the similarity; a negative one that it lowers it. Rank by
     absolute value for "how much does this pixel matter".
+
+    Args:
+      embed_fn, params, image, reference: as in `gradient`.
+      key: unused (deterministic method).
 
     Returns:
       Float[Array, "h w"], signed.

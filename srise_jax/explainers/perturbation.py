@@ -259,7 +259,16 @@ def corrrise_similar(embed_fn, params, image, reference, key, *,
                      num_masks: int = 500, batch_size: int = 64, **options) -> jax.Array:
     """CorrRISE's similar map: high where keeping the pixel raises the similarity.
 
-    Options (``num_masks``, ``batch_size`` and the rest) as in `corrrise`.
+    Args:
+      embed_fn, params, image, reference, key, num_masks, batch_size,
+        **options: as in `corrrise`.
+
+    Returns:
+      Float[Array, "h w"] in [-1, 1], `corrrise`'s first map.
+
+    References:
+      Lu, Xu and Ebrahimi, "Towards Visual Saliency Explanations of Face
+      Verification", WACV 2024, arXiv:2305.08546.
     """
     return corrrise(embed_fn, params, image, reference, key, num_masks=num_masks,
                     batch_size=batch_size, **options)[0]
@@ -270,7 +279,16 @@ def corrrise_dissimilar(embed_fn, params, image, reference, key, *,
                         num_masks: int = 500, batch_size: int = 64, **options) -> jax.Array:
     """CorrRISE's dissimilar map: high where keeping the pixel lowers the similarity.
 
-    Options (``num_masks``, ``batch_size`` and the rest) as in `corrrise`.
+    Args:
+      embed_fn, params, image, reference, key, num_masks, batch_size,
+        **options: as in `corrrise`.
+
+    Returns:
+      Float[Array, "h w"] in [-1, 1], `corrrise`'s second map (minus the first).
+
+    References:
+      Lu, Xu and Ebrahimi, "Towards Visual Saliency Explanations of Face
+      Verification", WACV 2024, arXiv:2305.08546.
     """
     return corrrise(embed_fn, params, image, reference, key, num_masks=num_masks,
                     batch_size=batch_size, **options)[1]

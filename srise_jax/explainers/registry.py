@@ -35,6 +35,13 @@ def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
     Args:
       name: the public name (lower case, as the command line spells it).
       kind: one of `KINDS`.
+
+    Returns:
+      The decorator; it registers the function and returns it unchanged.
+
+    Raises:
+      ValueError: `kind` is not in `KINDS`; or, when decorating, `name` is
+        already registered.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -49,7 +56,18 @@ def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
 
 
 def get_explainer(name: str) -> Callable:
-    """The explainer registered as `name`; ValueError listing the names if unknown."""
+    """The explainer registered as `name`.
+
+    Args:
+      name: a name of `list_explainers()`.
+
+    Returns:
+      `explainer(embed_fn, params, image, reference, key, **options) ->
+      Float[Array, "h w"]` (the contract in this module's docstring).
+
+    Raises:
+      ValueError: unknown name (the message lists the registered ones).
+    """
     try:
         return _REGISTRY[name].fn
     except KeyError:
@@ -58,12 +76,29 @@ def get_explainer(name: str) -> Callable:
 
 
 def explainer_kind(name: str) -> str:
-    """The kind (`KINDS`) of the explainer registered as `name`."""
+    """The kind (`KINDS`) of the explainer registered as `name`.
+
+    Args:
+      name: a name of `list_explainers()`.
+
+    Returns:
+      One of `KINDS`.
+
+    Raises:
+      ValueError: unknown name (as in `get_explainer`).
+    """
     get_explainer(name)
     return _REGISTRY[name].kind
 
 
 def list_explainers(kind: str | None = None) -> tuple[str, ...]:
-    """The registered names, sorted; only those of `kind` if given."""
+    """The registered names, sorted; only those of `kind` if given.
+
+    Args:
+      kind: one of `KINDS`, or None for every explainer.
+
+    Returns:
+      The names, in alphabetical order.
+    """
     return tuple(sorted(name for name, entry in _REGISTRY.items()
                         if kind is None or entry.kind == kind))

@@ -48,6 +48,9 @@ def read_checkpoint_metadata(directory: str | Path, *, format: str, version: int
       what: what the directory should hold, for messages ("a converted ArcFace
         checkpoint").
 
+    Returns:
+      The metadata, a dict parsed from the directory's JSON file.
+
     Raises:
       FileNotFoundError: the directory or its metadata file is missing.
       ValueError: the metadata is unreadable or of another format or version.
@@ -78,6 +81,9 @@ def restore_variables(directory: str | Path, abstract: Any, *, what: str) -> Any
       directory: a directory written by `save_checkpoint` (metadata already checked).
       abstract: the expected tree of `jax.ShapeDtypeStruct`s.
       what: what it holds, for messages ("r50 checkpoint").
+
+    Returns:
+      The variables, a tree shaped as `abstract` holding arrays.
 
     Raises:
       FileNotFoundError: the variables are missing.

@@ -110,6 +110,17 @@ def add_prev(a: jax.Array, b: jax.Array) -> jax.Array:
     dimension and reads zeros outside either input, so a shortcut with fewer
     channels (or a larger map: 4x4 against the block's 3x3) is padded at the
     high-index end of each axis.
+
+    Args:
+      a: Float[Array, "b h1 w1 c1"], the block's output.
+      b: Float[Array, "b h2 w2 c2"], the shortcut.
+
+    Returns:
+      Float[Array, "b max(h1,h2) max(w1,w2) max(c1,c2)"], the zero-padded sum.
+
+    References:
+      dlib, ``dlib/dnn/layers.h`` (``add_prev_``) and ``dlib/cuda/tensor_tools.h``
+      (``tt::add``). https://github.com/davisking/dlib
     """
     shape = tuple(max(m, n) for m, n in zip(a.shape, b.shape))
 
@@ -254,13 +265,24 @@ def dlib_feature_fns(*, dtype: Any = jnp.float32) -> FeatureFns:
 
 
 def abstract_variables() -> Any:
-    """Shapes and dtypes of the network's variables, computed without allocating them."""
+    """Shapes and dtypes of the network's variables, computed without allocating them.
+
+    Returns:
+      The variables tree of `DlibResNet`, as `jax.ShapeDtypeStruct`s.
+    """
     images = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
     return jax.eval_shape(DlibResNet().init, jax.random.key(0), images)
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
+    """Hex SHA-256 of a file, read in chunks.
+
+    Args:
+      path: the file.
+
+    Returns:
+      The digest as 64 lower-case hex digits.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -273,6 +295,9 @@ def model_file() -> Path:
 
     The package is located without importing it: its ``__init__`` imports
     ``pkg_resources``, which recent setuptools no longer ship.
+
+    Returns:
+      The path of the dlib ``.dat`` file.
 
     Raises:
       ModuleNotFoundError: ``face_recognition_models`` is not installed (the
@@ -292,7 +317,14 @@ def model_file() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where ``load_dlib`` keeps converted weights: ``dlib-resnet-v1`` under ``$SRISE_JAX_CACHE`` or ``~/.cache/srise-jax``."""
+    """Where ``load_dlib`` keeps converted weights: ``dlib-resnet-v1`` under ``$SRISE_JAX_CACHE`` or ``~/.cache/srise-jax``.
+
+    Without ``$SRISE_JAX_CACHE``, the base is ``srise-jax`` under
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``).
+
+    Returns:
+      The directory's path (not created here).
+    """
     root = os.environ.get("SRISE_JAX_CACHE")
     base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srise-jax"
     return base.expanduser() / _CACHE_NAME
@@ -318,6 +350,12 @@ def save_dlib_resnet(variables: Any, directory: str | Path, *, source: str, sour
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """The validated metadata of a converted dlib ResNet directory.
 
+    Args:
+      directory: a directory of converted weights (e.g. under `cache_dir()`).
+
+    Returns:
+      The metadata dict (as in `read_checkpoint_metadata`).
+
     Raises:
       FileNotFoundError: the directory or its metadata file is missing.
       ValueError: the metadata is unreadable or of another format or version.
@@ -328,6 +366,12 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
 
 def restore_dlib_variables(directory: str | Path) -> Any:
     """The variables of a converted dlib ResNet directory (metadata checked first).
+
+    Args:
+      directory: a directory of converted weights (e.g. under `cache_dir()`).
+
+    Returns:
+      The variables tree of `DlibResNet`, shaped as `abstract_variables()`.
 
     Raises:
       FileNotFoundError: part of the directory is missing.

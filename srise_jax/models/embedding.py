@@ -35,6 +35,10 @@ def module_embed_fn(model: nn.Module, *, input_size: int, label: str, name: str,
       label: the model's name in error messages.
       name: the function's `__name__`.
       doc: the function's docstring.
+
+    Returns:
+      `embed_fn(params, images[B, input_size, input_size, 3]) -> [B, D]`;
+      it raises ValueError on images of another shape.
     """
     expected = (input_size, input_size, 3)
 
@@ -59,6 +63,10 @@ def module_feature_fns(model: nn.Module, *, input_size: int, label: str) -> Feat
         whose `head(features)` returns the embeddings [B, D].
       input_size: the square input side the model expects.
       label: the model's name in error messages.
+
+    Returns:
+      `FeatureFns(features_fn, head_fn)`: `features_fn(params, images)`
+      checks the images' shape as `module_embed_fn` does.
     """
     expected = (input_size, input_size, 3)
 

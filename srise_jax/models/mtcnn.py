@@ -54,6 +54,18 @@ def max_pool_ceil(x: jax.Array, window: int, stride: int) -> jax.Array:
     evenly; it takes the maximum of the pixels it covers (the overhang is
     padded with -inf). Floor mode would drop P-Net's last row and column of
     cells and shrink R-Net's and O-Net's maps below their dense layers' inputs.
+
+    Args:
+      x: Float[Array, "b h w c"].
+      window: side of the square pooling window.
+      stride: step between windows, in both directions.
+
+    Returns:
+      Float[Array, "b ceil((h-window)/stride)+1 ceil((w-window)/stride)+1 c"].
+
+    References:
+      Zhang et al., "Joint Face Detection and Alignment using Multi-task
+      Cascaded Convolutional Networks", 2016. https://arxiv.org/abs/1604.02878
     """
     padding = []
     for size in x.shape[1:3]:
@@ -220,7 +232,14 @@ def abstract_variables() -> dict[str, Any]:
 
 
 def npz_key(path: tuple[str, ...]) -> str:
-    """The ``.npz`` key of a variable: its path without ``params``, e.g. ``pnet/conv1/kernel``."""
+    """The ``.npz`` key of a variable: its path without ``params``, e.g. ``pnet/conv1/kernel``.
+
+    Args:
+      path: the variable's keys in the variables tree, outermost first.
+
+    Returns:
+      The keys other than "params", joined with "/".
+    """
     return _NPZ_KEY_SEPARATOR.join(part for part in path if part != "params")
 
 
