@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import srise_jax
-from srise_jax import align, data, images, metrics, models, sanity, srise, viz
+from srise_jax import ablation, align, data, images, metrics, models, sanity, srise, viz
 from srise_jax.explainers import get_explainer, list_explainers
 from srise_jax.models.arcface import read_metadata
 from weights_conversion.arcface import convert_file
@@ -267,6 +267,11 @@ def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int,
     parser.add_argument("--normalize", choices=("coverage", "none"), default="coverage",
                         help="'coverage': sum s_i M_i / sum M_i; 'none': the paper's plain "
                              "sum (default: %(default)s)")
+    parser.add_argument("--preset", choices=tuple(ablation.PRESETS),
+                        help="S-RISE settings by name instead of the defaults: 'paper' (black "
+                             "fill, plain sum) or 'mean_fill' (image-mean fill, coverage; "
+                             "the more faithful in benchmarks/RESULTS.md); overrides "
+                             "--normalize")
     parser.add_argument("--metric-step", type=_positive_int,
                         help="Deletion/Insertion coarse-search step in pixels (default: "
                              "sqrt of the pixel count, about 2*sqrt forward passes per curve)")
@@ -531,10 +536,12 @@ def _load_model(args: argparse.Namespace, name: str) -> _Model:
 def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float,
              with_metrics: bool) -> _Run:
     """S-RISE maps of the triplet, then (optionally) Deletion/Insertion of each."""
-    config = srise.SRiseConfig(num_masks=args.num_masks, batch_size=args.batch_size,
-                               normalize=args.normalize,
-                               share_probe_masks=args.share_probe_masks,
-                               compute_dtype=_compute_dtype(args))
+    options = dict(num_masks=args.num_masks, batch_size=args.batch_size,
+                   share_probe_masks=args.share_probe_masks,
+                   compute_dtype=_compute_dtype(args))
+    preset_name = getattr(args, "preset", None)
+    config = (ablation.preset(preset_name, **options) if preset_name
+              else srise.SRiseConfig(normalize=args.normalize, **options))
     height, width = faces[0].shape[:2]
     step = args.metric_step or math.isqrt(height * width)
     triplet = _saliency(model.embed_fn, model.params, faces, config, jax.random.key(args.seed))

@@ -185,6 +185,34 @@ def test_demo_with_dlib_runs_end_to_end(tmp_path, capsys):
     assert report["triplet"]["match"] == {"mate": True, "nonmate": False}
 
 
+def test_explain_preset_mean_fill_gives_the_library_maps(tmp_path, weights, face_files,
+                                                         capsys):
+    from srise_jax import ablation, images
+    figure, scores = tmp_path / "fig.png", tmp_path / "s.json"
+    faces = face_files[:3]
+    status = cli.main(_explain_args(weights, faces, figure) + [
+        "--json", str(scores), "--preset", "mean_fill", "--num-masks", "8",
+        "--batch-size", "8", "--threshold", "-1", "--metric-step", "1568"])
+    assert status == 0, capsys.readouterr().err
+    config = json.loads(scores.read_text())["settings"]["config"]
+    assert (config["fill"], config["normalize"], config["combine"]) == ("mean", "coverage", "max")
+    # The maps the command computes are the library's with the preset.
+    args = cli._build_parser().parse_args(_explain_args(weights, faces, figure) + [
+        "--preset", "mean_fill", "--num-masks", "8", "--batch-size", "8"])
+    model = cli._load_model(args, "arcface")
+    loaded = [images.load_face(path) for path in faces]
+    run = cli._compute(args, model, loaded, threshold=-1.0, with_metrics=False)
+    want = srise.srise_triplet(model.embed_fn, model.params, *loaded, jax.random.key(0),
+                               ablation.preset("mean_fill", num_masks=8, batch_size=8))
+    np.testing.assert_allclose(run.triplet.mate.saliency_a, want.mate.saliency_a,
+                               rtol=1e-5, atol=1e-6)
+    default = srise.srise_triplet(model.embed_fn, model.params, *loaded, jax.random.key(0),
+                                  srise.SRiseConfig(num_masks=8, batch_size=8))
+    assert not np.allclose(default.mate.saliency_a, want.mate.saliency_a, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown preset"):
+        ablation.preset("best")
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--model", "arcface"], "--model arcface needs --weights"),
     (["--model", "dlib", "--weights", "somewhere"], "--weights is for --model arcface"),
