@@ -24,18 +24,11 @@ import jax
 from srise_jax import benchmark, srise
 from srise_jax.explainers import perturbation
 
-# The paper's settings (section 4.1.2 and the estimator of section 3.2.2):
-# black fill (I * M), plain weighted sum. The patch rule is not stated; "max"
-# (the union of the patches) is this library's reading.
-PAPER = {"num_patches": 100, "kernel_size": 40, "sigma": 7.0, "fill": 0.0,
-         "normalize": "none", "combine": "max"}
-
-# The second preset: coverage-normalised, masked-out pixels filled with the
-# image's mean, the fill Deletion/Insertion use. The ablation (benchmarks/
-# RESULTS.md) finds it clearly more faithful than the paper's settings.
-MEAN_FILL = {**PAPER, "normalize": "coverage", "fill": "mean"}
-
-PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER, "mean_fill": MEAN_FILL}
+# The presets (`srise.PRESETS`): the paper's settings, and the setting the
+# ablation finds clearly more faithful (benchmarks/RESULTS.md).
+PRESETS = srise.PRESETS
+PAPER = PRESETS["paper"]
+MEAN_FILL = PRESETS["mean_fill"]
 
 GRID: dict[str, dict[str, Any]] = {
     "paper": PAPER,

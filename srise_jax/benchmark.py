@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srise_jax import metrics
+from srise_jax import metrics, srise
 from srise_jax.explainers import perturbation, registry
 from srise_jax.similarity import unit_normalize
 
@@ -72,15 +72,19 @@ class Method:
       iterations: masks (perturbation methods), samples (SmoothGrad) or steps
         (Integrated Gradients, extremal): the first of ``num_masks``,
         ``num_samples``, ``num_steps`` the explainer takes. None: its default.
+      preset: for "srise" only, a name of `srise.PRESETS` whose settings
+        replace the explainer's defaults; None: the defaults.
     """
 
     name: str
     iterations: int | None = None
+    preset: str | None = None
 
     @property
     def label(self) -> str:
-        """"name" or "name@iterations", as the command line spells it."""
-        return self.name if self.iterations is None else f"{self.name}@{self.iterations}"
+        """"name", "name[preset]", with "@iterations" if set, as the command line spells it."""
+        label = self.name if self.preset is None else f"{self.name}[{self.preset}]"
+        return label if self.iterations is None else f"{label}@{self.iterations}"
 
     @property
     def option(self) -> str | None:
@@ -88,9 +92,12 @@ class Method:
         parameters = inspect.signature(registry.get_explainer(self.name)).parameters
         return next((o for o in _ITERATION_OPTIONS if o in parameters), None)
 
-    def options(self) -> dict[str, int]:
-        """Keyword options for the explainer."""
-        return {} if self.iterations is None else {self.option: self.iterations}
+    def options(self) -> dict[str, Any]:
+        """Keyword options for the explainer: the preset's, then the iterations."""
+        options = dict(srise.PRESETS[self.preset]) if self.preset is not None else {}
+        if self.iterations is not None:
+            options[self.option] = self.iterations
+        return options
 
 
 def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
@@ -98,7 +105,8 @@ def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
 
     Args:
       spec: comma-separated labels "name" or "name@N" (blanks ignored), or an
-        iterable of labels; each name from `explainers.list_explainers()`.
+        iterable of labels; each name from `explainers.list_explainers()`;
+        S-RISE also as "srise[preset]@N" with a preset of `srise.PRESETS`.
 
     Returns:
       The `Method`s in the order given.
@@ -111,7 +119,8 @@ def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
     labels = spec.split(",") if isinstance(spec, str) else list(spec)
     methods = []
     for label in (text.strip() for text in labels if text.strip()):
-        name, at, count = label.partition("@")
+        head, at, count = label.partition("@")
+        name, bracket, preset = head.partition("[")
         registry.get_explainer(name)
         iterations = None
         if at:
@@ -119,7 +128,12 @@ def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
                 raise ValueError(f"method {label!r}: expected name@N with N a positive "
                                  f"integer")
             iterations = int(count)
-        method = Method(name, iterations)
+        if bracket:
+            preset = preset.removesuffix("]")
+            if name != "srise" or preset not in srise.PRESETS or not head.endswith("]"):
+                raise ValueError(f"method {label!r}: presets are srise[name] with name one "
+                                 f"of {', '.join(srise.PRESETS)}")
+        method = Method(name, iterations, preset or None)
         if iterations is not None and method.option is None:
             raise ValueError(f"method {label!r}: {name} has no iteration count to set")
         methods.append(method)
@@ -200,20 +214,23 @@ def make_explain_fns(embed_fn: Callable, methods: Sequence[Method], *,
     Returns:
       `ExplainPart`s, S-RISE's first; each map is Float[Array, "h w"].
     """
-    # Each S-RISE method reads the map at its own count (default 500 masks).
-    srise_at = {m.label: m.iterations or 500 for m in methods if m.name == "srise"}
+    # Each S-RISE method reads the map at its own count (default 500 masks);
+    # one run per preset, all from the same key (the same patch centres).
     parts: list[ExplainPart] = []
-    if srise_at:
+    for preset in dict.fromkeys(m.preset for m in methods if m.name == "srise"):
+        srise_at = {m.label: m.iterations or 500 for m in methods
+                    if m.name == "srise" and m.preset == preset}
         counts = tuple(sorted(set(srise_at.values())))
-        labels = tuple(srise_at)
+        settings = dict(srise.PRESETS[preset]) if preset is not None else {}
 
-        def run_srise(params, image, reference, key):
+        def run_srise(params, image, reference, key, _at=srise_at, _counts=counts,
+                      _settings=settings):
             maps = perturbation.srise_convergence(
                 embed_fn, params, image, reference, method_key(key, "srise"),
-                counts=counts, batch_size=batch_size)
-            return {label: maps[counts.index(n)] for label, n in srise_at.items()}
+                counts=_counts, batch_size=batch_size, **_settings)
+            return {label: maps[_counts.index(n)] for label, n in _at.items()}
 
-        parts.append(ExplainPart(labels, jax.jit(run_srise)))
+        parts.append(ExplainPart(tuple(srise_at), jax.jit(run_srise)))
     for method in methods:
         if method.name == "srise":
             continue

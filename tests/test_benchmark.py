@@ -133,3 +133,24 @@ def test_table_lists_methods_in_order_with_intervals():
     lines = text.splitlines()
     assert lines[2].startswith("| random | - | 0.6000 [0.5000, 0.7000]")
     assert lines[3].startswith("| srise | 500 | 0.2000 [0.1000, 0.3000]")
+
+
+def test_preset_methods_run_srise_with_the_preset_settings(planted_region, key):
+    embed_fn, params, _, probe, mate = planted_region
+    methods = benchmark.parse_methods("srise@6,srise[mean_fill]@6,srise[paper]@3")
+    assert [m.label for m in methods] == ["srise@6", "srise[mean_fill]@6", "srise[paper]@3"]
+    parts = benchmark.make_explain_fns(embed_fn, methods, batch_size=4)
+    maps = {}
+    for part in parts:
+        maps.update(part.fn(params, probe, mate, key))
+    srise_key = benchmark.method_key(key, "srise")
+    for label, options in (("srise@6", {"num_masks": 6}),
+                           ("srise[mean_fill]@6", {**srise.PRESETS["mean_fill"], "num_masks": 6}),
+                           ("srise[paper]@3", {**srise.PRESETS["paper"], "num_masks": 3})):
+        want = perturbation.srise_map(embed_fn, params, probe, mate, srise_key,
+                                      batch_size=4, **options)
+        np.testing.assert_allclose(maps[label], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(maps["srise@6"], maps["srise[mean_fill]@6"], atol=1e-4)
+    for bad in ("gradient[paper]", "srise[best]@5"):
+        with pytest.raises(ValueError, match="presets are srise"):
+            benchmark.parse_methods(bad)
