@@ -305,9 +305,15 @@ def triplet_similarities(embed_fn: Callable, params: Any, probe: jax.Array,
     Returns:
       The two cosine similarities of the intact images, as Python floats.
     """
-    units = unit_normalize(embed_fn(params, jnp.stack([probe, mate, nonmate])))
-    sims = np.asarray(units[1:] @ units[0])
+    sims = np.asarray(_probe_cosines(embed_fn, params, jnp.stack([probe, mate, nonmate])))
     return {"mate": float(sims[0]), "nonmate": float(sims[1])}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _probe_cosines(embed_fn: Callable, params: Any, faces: jax.Array) -> jax.Array:
+    """(2,) cos(faces[0], faces[1:]), compiled once per model and image size."""
+    units = unit_normalize(embed_fn(params, faces))
+    return units[1:] @ units[0]
 
 
 # ----------------------------------------------------------------------------
