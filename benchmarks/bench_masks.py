@@ -15,10 +15,15 @@ from the same keys with `jax.random.randint`, exactly as `gaussian_mask`
 draws them, so the two do equal work and the speed-up compares like with like.
 Target: JAX >= 20x the loop at N = 8000.
 
-A second table splits the JAX time per mask: the centre draw alone
-(`jax.random.randint`, the same vmap), the whole mask, and the whole mask made
-64 at a time with `jax.lax.map(..., batch_size=64)` (the kernel's chunking),
-which keeps each pass's working set in cache at large N.
+Two more tables say where the JAX time goes:
+  * per stage, at a cache-sized N (256 masks, about 12 MB of output): the
+    centre draw, the impulse image, the vertical and the horizontal min-plus
+    passes, the exp; and the whole mask at that N;
+  * per N: microseconds per mask, minor page faults per mask and the share
+    of the CPU time spent in the kernel (getrusage), for the full-N vmap, for
+    `jax.lax.map(..., batch_size=256)` and for 256-mask calls from Python.
+    At large N the masks and every intermediate are fresh memory that the
+    OS must fault in page by page; the kernel share shows what that costs.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import argparse
 import datetime
 import functools
 import platform
+import resource
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -67,21 +74,62 @@ def bench_size(num_masks: int, *, loop_masks: int, repeats: int, shape=(112, 112
             "speedup": t_loop / t_jax, "diff": diff}
 
 
-def profile(num_masks: int, *, repeats: int, shape=(112, 112), seed: int = 0) -> dict:
-    """Microseconds per mask of the parts of `gaussian_masks` (see the module docstring)."""
+def _timed(fn, repeats: int, count: int) -> dict:
+    """us per item, minor page faults per item and the kernel's share of CPU time."""
+    jax.block_until_ready(fn())
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    user, sys_ = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"us": 1e6 * min(times) / count,
+            "faults": (after.ru_minflt - before.ru_minflt) / repeats / count,
+            "sys": sys_ / max(user + sys_, 1e-9)}
+
+
+def stages(*, repeats: int, num_masks: int = 256, shape=(112, 112), kernel_size: int = 40,
+           sigma: float = 7.0, seed: int = 0) -> dict:
+    """us per mask of each stage of `gaussian_mask`, each compiled alone, at a cache-sized N."""
+    height, width = shape
+    lo, hi = masks_lib._offsets(kernel_size)
+    dtype, none = masks_lib._integer_distances(kernel_size)
+    keys = jax.random.split(jax.random.key(seed), num_masks)
+    draw = jax.vmap(lambda k: jax.random.randint(k, (100, 2), 0, jnp.array(shape)))
+    impulses = jax.vmap(lambda c: jnp.full(
+        (height + kernel_size - 1, width + kernel_size - 1), none, dtype
+    ).at[c[:, 0] + hi - 1, c[:, 1] + hi - 1].set(0))
+    vertical = jax.vmap(lambda i: masks_lib._min_plus_padded(i, 0, height, kernel_size))
+    horizontal = jax.vmap(lambda v: masks_lib._min_plus_padded(v, 1, width, kernel_size))
+    exp = jax.vmap(lambda d: jnp.where(
+        d < none, jnp.exp(d.astype(jnp.float32) * (-0.5 / sigma**2)), 0.0))
+    whole = jax.vmap(functools.partial(masks_lib.gaussian_mask, shape=shape,
+                                       kernel_size=kernel_size, sigma=sigma))
+    out, x = {}, keys
+    for name, fn in [("centres", draw), ("impulses", impulses), ("vertical", vertical),
+                     ("horizontal", horizontal), ("exp", exp)]:
+        compiled = jax.jit(fn).lower(x).compile()
+        out[name] = _timed(lambda: compiled(x), repeats, num_masks)["us"]
+        x = compiled(x)
+    compiled = jax.jit(whole).lower(keys).compile()
+    out["whole"] = _timed(lambda: compiled(keys), repeats, num_masks)["us"]
+    return out
+
+
+def memory_profile(num_masks: int, *, repeats: int, chunk: int = 256, shape=(112, 112),
+                   seed: int = 0) -> dict:
+    """Time, page faults and kernel share per mask: full vmap, lax.map chunks, Python chunks."""
     keys = jax.random.split(jax.random.key(seed), num_masks)
     one = functools.partial(masks_lib.gaussian_mask, shape=shape)
-    variants = {
-        "centres": jax.vmap(lambda k: jax.random.randint(k, (100, 2), 0, jnp.array(shape))),
-        "vmap": jax.vmap(one),
-        "map64": lambda ks: jax.lax.map(one, ks, batch_size=64),
-    }
-    out = {}
-    for name, fn in variants.items():
-        compiled = jax.jit(fn).lower(keys).compile()
-        jax.block_until_ready(compiled(keys))
-        out[name] = 1e6 * best_time(lambda: compiled(keys), repeats) / num_masks
-    return out
+    full = jax.jit(jax.vmap(one)).lower(keys).compile()
+    mapped = jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=chunk)).lower(keys).compile()
+    pieces = [keys[i:i + chunk] for i in range(0, num_masks, chunk)]
+    per_chunk = jax.jit(jax.vmap(one))
+    return {"vmap": _timed(lambda: full(keys), repeats, num_masks),
+            "map": _timed(lambda: mapped(keys), repeats, num_masks),
+            "python": _timed(lambda: [per_chunk(k) for k in pieces], repeats, num_masks)}
 
 
 def main() -> None:
@@ -103,13 +151,22 @@ def main() -> None:
               f"| {n / r['t_jax']:.0f} | {n / r['t_loop']:.0f} | {r['speedup']:.1f}x "
               f"| {r['diff']:.1e} |", flush=True)
     print()
-    print("| N | centre draw, us/mask | vmap(gaussian_mask), us/mask "
-          "| lax.map, batches of 64, us/mask |")
-    print("|---|---|---|---|")
+    st = stages(repeats=max(args.repeats, 5))
+    print("| stage (256 masks, cache-sized) | centre draw | impulses | vertical pass "
+          "| horizontal pass | exp | whole mask |")
+    print("|---|---|---|---|---|---|---|")
+    print("| us/mask | " + " | ".join(f"{st[k]:.1f}" for k in
+                                     ("centres", "impulses", "vertical", "horizontal", "exp",
+                                      "whole")) + " |", flush=True)
+    print()
+    print("| N | vmap us/mask | faults/mask | kernel share | lax.map(256) us/mask | faults/mask "
+          "| kernel share | 256-mask calls us/mask | faults/mask | kernel share |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
-        p = profile(n, repeats=args.repeats)
-        print(f"| {n} | {p['centres']:.0f} | {p['vmap']:.0f} | {p['map64']:.0f} |", flush=True)
-
+        p = memory_profile(n, repeats=args.repeats)
+        cells = [f"{p[k]['us']:.1f} | {p[k]['faults']:.1f} | {100 * p[k]['sys']:.0f}%"
+                 for k in ("vmap", "map", "python")]
+        print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()
