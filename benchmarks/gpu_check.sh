@@ -95,6 +95,9 @@ faces = jax.random.uniform(jax.random.key(1), (3, 112, 112, 3))
 rows, maps, latency_ms = [], {}, {}
 for dtype_name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
     embed_fn, params = iresnet_init(ARCH, jax.random.key(2), dtype=dtype)
+    if QUICK:  # r18, not r50: XLA's own count for one forward pass
+        GFLOP_PER_FORWARD = jax.jit(embed_fn).lower(params, faces[:1]).compile() \
+            .cost_analysis()["flops"] / 1e9
     for shared in (False, True):
         best = None
         for batch in BATCHES:
