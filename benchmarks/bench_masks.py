@@ -17,8 +17,8 @@ Target: JAX >= 20x the loop at N = 8000.
 
 Two more tables say where the JAX time goes:
   * per stage, at a cache-sized N (256 masks, about 12 MB of output): the
-    centre draw, the impulse image, the vertical and the horizontal min-plus
-    passes, the exp; and the whole mask at that N;
+    centre draw, the window-column scatter-min, the horizontal min-plus
+    pass, the exp; and the whole mask at that N;
   * per N: microseconds per mask, minor page faults per mask and the share
     of the CPU time spent in the kernel (getrusage), for the full-N vmap, for
     `jax.lax.map(..., batch_size=256)` and for 256-mask calls from Python.
@@ -95,20 +95,23 @@ def stages(*, repeats: int, num_masks: int = 256, shape=(112, 112), kernel_size:
     """us per mask of each stage of `gaussian_mask`, each compiled alone, at a cache-sized N."""
     height, width = shape
     lo, hi = masks_lib._offsets(kernel_size)
-    dtype, none = masks_lib._integer_distances(kernel_size)
     keys = jax.random.split(jax.random.key(seed), num_masks)
     draw = jax.vmap(lambda k: jax.random.randint(k, (100, 2), 0, jnp.array(shape)))
-    impulses = jax.vmap(lambda c: jnp.full(
-        (height + kernel_size - 1, width + kernel_size - 1), none, dtype
-    ).at[c[:, 0] + hi - 1, c[:, 1] + hi - 1].set(0))
-    vertical = jax.vmap(lambda i: masks_lib._min_plus_padded(i, 0, height, kernel_size))
-    horizontal = jax.vmap(lambda v: masks_lib._min_plus_padded(v, 1, width, kernel_size))
-    exp = jax.vmap(lambda d: jnp.where(
-        d < none, jnp.exp(d.astype(jnp.float32) * (-0.5 / sigma**2)), 0.0))
+
+    def columns(c):
+        d = jnp.arange(-lo, hi)
+        rows = c[:, :1] + d[None, :]
+        rows = jnp.where((rows >= 0) & (rows < height), rows, height)
+        cols = jnp.broadcast_to(c[:, 1:], rows.shape)
+        return jnp.full(shape, jnp.inf, jnp.float32).at[rows, cols].min(
+            jnp.broadcast_to((d * d).astype(jnp.float32), rows.shape), mode="drop")
+
+    horizontal = jax.vmap(lambda col: masks_lib._min_plus_axis(col, 1, kernel_size))
+    exp = jax.vmap(lambda d: jnp.exp(-d / (2.0 * sigma**2)))
     whole = jax.vmap(functools.partial(masks_lib.gaussian_mask, shape=shape,
                                        kernel_size=kernel_size, sigma=sigma))
     out, x = {}, keys
-    for name, fn in [("centres", draw), ("impulses", impulses), ("vertical", vertical),
+    for name, fn in [("centres", draw), ("columns", jax.vmap(columns)),
                      ("horizontal", horizontal), ("exp", exp)]:
         compiled = jax.jit(fn).lower(x).compile()
         out[name] = _timed(lambda: compiled(x), repeats, num_masks)["us"]
@@ -152,11 +155,11 @@ def main() -> None:
               f"| {r['diff']:.1e} |", flush=True)
     print()
     st = stages(repeats=max(args.repeats, 5))
-    print("| stage (256 masks, cache-sized) | centre draw | impulses | vertical pass "
+    print("| stage (256 masks, cache-sized) | centre draw | window columns (scatter-min) "
           "| horizontal pass | exp | whole mask |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     print("| us/mask | " + " | ".join(f"{st[k]:.1f}" for k in
-                                     ("centres", "impulses", "vertical", "horizontal", "exp",
+                                     ("centres", "columns", "horizontal", "exp",
                                       "whole")) + " |", flush=True)
     print()
     print("| N | vmap us/mask | faults/mask | kernel share | lax.map(256) us/mask | faults/mask "

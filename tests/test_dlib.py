@@ -155,6 +155,28 @@ def test_port_reproduces_dlib_descriptors(dlib_model, chips):
     assert errors.max() < 1e-3, errors
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (7, 2, ((0, 1), (0, 0))),
+    (3, 1, ((1, 1), (1, 1))),
+])
+def test_patch_conv_equals_flax_conv_values_and_gradients(kernel, stride, padding):
+    """The stem's patch-matmul convolution against nn.Conv with the same parameters."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.key(0), (2, 17, 19, 3))
+    conv = nn.Conv(5, (kernel, kernel), strides=stride, padding=padding)
+    variables = conv.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias too
+    patch = dlib_resnet.PatchConv(5, kernel, stride, padding)
+    assert jax.tree.map(jnp.shape, patch.init(jax.random.key(1), x)) == \
+        jax.tree.map(jnp.shape, variables)
+    want, got = conv.apply(variables, x), patch.apply(variables, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    loss = lambda module: jax.grad(lambda v: jnp.sum(jnp.sin(module.apply(variables, v))))(x)
+    np.testing.assert_allclose(np.asarray(loss(patch)), np.asarray(loss(conv)), atol=1e-5)
+
+
 def test_bfloat16_compute_stays_close(dlib_model, chips):
     _, params = dlib_model
     _, images, reference = chips
