@@ -7,9 +7,11 @@ bench_srise.py finds the JAX forward floor of dlib's ResNet slower than the
 batched PyTorch reference on CPU; this splits the forward pass to show which
 term dominates. For the same random 150x150 batch, each stage is timed alone
 (compiled on its own in JAX, run under `torch.inference_mode` in PyTorch,
-with the same thread count): the stem (input scaling, 7x7 stride-2 conv from
-3 to 32 channels, affine, ReLU, 3x3 max pool), then its convolution alone,
-then each residual block, then the whole network. The two implementations'
+with the same thread count): the whole network (the library's, whose stem
+convolution is a patch matmul), the stem with XLA's convolution (input
+scaling, 7x7 stride-2 conv from 3 to 32 channels, affine, ReLU, 3x3 max
+pool), that convolution alone, the same convolution as the library's patch
+matmul, then each residual block. The two implementations'
 outputs are compared first (the PyTorch port loads srise_jax's converted
 weights: benchmarks/torch_reference.py).
 
@@ -74,8 +76,13 @@ def jax_stages(params: dict) -> tuple[list[tuple[str, callable]], callable]:
             blocks.append((f"block{index} ({features})",
                            jax.jit(lambda x, m=module, v=sub: m.apply(v, x))))
             index += 1
-    return [("stem", jax.jit(stem)), ("stem conv only", jax.jit(lambda x: conv(scale(x))))] \
-        + blocks, jax.jit(lambda x: stem(x))
+    def patch_conv(x):
+        padding = tuple(dlib_resnet._dlib_padding(n, 7, 2) for n in x.shape[1:3])
+        return dlib_resnet.PatchConv(32, 7, 2, padding).apply({"params": p["conv"]}, x)
+
+    return [("stem", jax.jit(stem)), ("stem conv only", jax.jit(lambda x: conv(scale(x)))),
+            ("stem conv as a patch matmul (the library's)",
+             jax.jit(lambda x: patch_conv(scale(x))))] + blocks, jax.jit(lambda x: stem(x))
 
 
 def torch_stages(net) -> list[tuple[str, callable]]:
@@ -85,7 +92,8 @@ def torch_stages(net) -> list[tuple[str, callable]]:
     def stem(x):
         return F.max_pool2d(F.relu(net.affine(net.conv(scale(x)))), 3, 2)
 
-    return [("stem", stem), ("stem conv only", lambda x: net.conv(scale(x)))] + \
+    return [("stem", stem), ("stem conv only", lambda x: net.conv(scale(x))),
+            ("stem conv (PyTorch's conv)", lambda x: net.conv(scale(x)))] + \
         [(f"block{i}", block) for i, block in enumerate(net.blocks)]
 
 
