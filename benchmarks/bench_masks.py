@@ -34,7 +34,6 @@ import functools
 import platform
 import resource
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -78,14 +77,10 @@ def _timed(fn, repeats: int, count: int) -> dict:
     """us per item, minor page faults per item and the kernel's share of CPU time."""
     jax.block_until_ready(fn())
     before = resource.getrusage(resource.RUSAGE_SELF)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
+    best = best_time(fn, repeats)
     after = resource.getrusage(resource.RUSAGE_SELF)
     user, sys_ = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    return {"us": 1e6 * min(times) / count,
+    return {"us": 1e6 * best / count,
             "faults": (after.ru_minflt - before.ru_minflt) / repeats / count,
             "sys": sys_ / max(user + sys_, 1e-9)}
 
@@ -93,19 +88,10 @@ def _timed(fn, repeats: int, count: int) -> dict:
 def stages(*, repeats: int, num_masks: int = 256, shape=(112, 112), kernel_size: int = 40,
            sigma: float = 7.0, seed: int = 0) -> dict:
     """us per mask of each stage of `gaussian_mask`, each compiled alone, at a cache-sized N."""
-    height, width = shape
-    lo, hi = masks_lib._offsets(kernel_size)
     keys = jax.random.split(jax.random.key(seed), num_masks)
     draw = jax.vmap(lambda k: jax.random.randint(k, (100, 2), 0, jnp.array(shape)))
-
-    def columns(c):
-        d = jnp.arange(-lo, hi)
-        rows = c[:, :1] + d[None, :]
-        rows = jnp.where((rows >= 0) & (rows < height), rows, height)
-        cols = jnp.broadcast_to(c[:, 1:], rows.shape)
-        return jnp.full(shape, jnp.inf, jnp.float32).at[rows, cols].min(
-            jnp.broadcast_to((d * d).astype(jnp.float32), rows.shape), mode="drop")
-
+    columns = functools.partial(masks_lib._window_column_distances, shape=shape,
+                                kernel_size=kernel_size)
     horizontal = jax.vmap(lambda col: masks_lib._min_plus_axis(col, 1, kernel_size))
     exp = jax.vmap(lambda d: jnp.exp(-d / (2.0 * sigma**2)))
     whole = jax.vmap(functools.partial(masks_lib.gaussian_mask, shape=shape,
@@ -170,6 +156,7 @@ def main() -> None:
         cells = [f"{p[k]['us']:.1f} | {p[k]['faults']:.1f} | {100 * p[k]['sys']:.0f}%"
                  for k in ("vmap", "map", "python")]
         print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
+
 
 if __name__ == "__main__":
     main()

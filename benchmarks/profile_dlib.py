@@ -25,7 +25,6 @@ import datetime
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -37,21 +36,17 @@ import torch.nn.functional as F
 from srise_jax.models import dlib_resnet, load_dlib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_srise  # noqa: E402
 import torch_reference  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:
-    """Best wall time of `repeats` calls of `fn` after one warm-up call (results awaited)."""
+    """`bench_srise.best_time` after one warm-up call (compilation, first-call costs)."""
     jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return bench_srise.best_time(fn, repeats)
 
 
-def jax_stages(params: dict) -> tuple[list[tuple[str, callable]], callable]:
+def jax_stages(params: dict) -> list[tuple[str, callable]]:
     """[(name, jitted fn(params_subtree, x))] for the stem, its conv and each block."""
     import flax.linen as nn
 
@@ -82,7 +77,7 @@ def jax_stages(params: dict) -> tuple[list[tuple[str, callable]], callable]:
 
     return [("stem", jax.jit(stem)), ("stem conv only", jax.jit(lambda x: conv(scale(x)))),
             ("stem conv as a patch matmul (the library's)",
-             jax.jit(lambda x: patch_conv(scale(x))))] + blocks, jax.jit(lambda x: stem(x))
+             jax.jit(lambda x: patch_conv(scale(x))))] + blocks
 
 
 def torch_stages(net) -> list[tuple[str, callable]]:
@@ -119,9 +114,8 @@ def main() -> None:
         print("|---|---|---|---|")
         rows = [("whole network", best_time(lambda: forward(params, x_jax), args.repeats),
                  best_time(lambda: net(x_torch), args.repeats))]
-        stages_jax, stem_jax = jax_stages(params)
-        stages_torch = torch_stages(net)
-        h_jax, h_torch = stem_jax(x_jax), stages_torch[0][1](x_torch)
+        stages_jax, stages_torch = jax_stages(params), torch_stages(net)
+        h_jax, h_torch = stages_jax[0][1](x_jax), stages_torch[0][1](x_torch)
         for (name, fj), (_, ft) in zip(stages_jax, stages_torch):
             if name.startswith("stem"):
                 rows.append((name, best_time(lambda: fj(x_jax), args.repeats),

@@ -58,6 +58,35 @@ def _sum_axis(x: jax.Array, axis: int, taps: jax.Array, kernel_size: int) -> jax
     return out
 
 
+def _window_columns(centres: jax.Array, shape: tuple[int, int], kernel_size: int,
+                    values: jax.Array, reduce: str) -> jax.Array:
+    """(H, W) image with each patch's window column `values` written at its centre's column.
+
+    The first (vertical) pass only has work at the patches' columns: each
+    patch writes its own window column, P * kernel_size values, instead of a
+    pass over all H * W pixels. Rows outside the image are dropped; columns
+    of several patches meet by `reduce` ("add" or "min").
+    """
+    height, width = shape
+    lo, hi = _offsets(kernel_size)
+    rows = centres[:, :1] + jnp.arange(-lo, hi)[None, :]
+    rows = jnp.where((rows >= 0) & (rows < height), rows, height)  # dropped
+    cols = jnp.broadcast_to(centres[:, 1:], rows.shape)
+    if reduce == "add":
+        image = jnp.zeros((height, width), jnp.float32).at[rows, cols]
+        return image.add(jnp.broadcast_to(values, rows.shape), mode="drop")
+    image = jnp.full((height, width), jnp.inf, jnp.float32).at[rows, cols]
+    return image.min(jnp.broadcast_to(values, rows.shape), mode="drop")
+
+
+def _window_column_distances(centres: jax.Array, shape: tuple[int, int],
+                             kernel_size: int) -> jax.Array:
+    """Squared vertical offset to the nearest centre in the same column (inf outside windows)."""
+    lo, hi = _offsets(kernel_size)
+    d = jnp.arange(-lo, hi).astype(jnp.float32)
+    return _window_columns(centres, shape, kernel_size, d * d, "min")
+
+
 def gaussian_mask(
         key: jax.Array,
         shape: tuple[int, int] = (112, 112),
@@ -112,23 +141,14 @@ def gaussian_mask(
     height, width = shape
     centres = jax.random.randint(
             key, (num_patches, 2), 0, jnp.array([height, width]))
-    lo, hi = _offsets(kernel_size)
-    d = jnp.arange(-lo, hi)
-    # The first (vertical) pass only has work at the patches' columns: each
-    # patch writes its own window column, P * kernel_size values, instead of
-    # a pass over all H * W pixels.
-    rows = centres[:, :1] + d[None, :]
-    rows = jnp.where((rows >= 0) & (rows < height), rows, height)  # dropped
-    cols = jnp.broadcast_to(centres[:, 1:], rows.shape)
     if combine == "sum":
-        taps = jnp.exp(-d.astype(jnp.float32)**2 / (2.0 * sigma**2))
-        column = jnp.zeros((height, width), jnp.float32).at[rows, cols].add(
-            jnp.broadcast_to(taps, rows.shape), mode="drop")
+        lo, hi = _offsets(kernel_size)
+        taps = jnp.exp(-jnp.arange(-lo, hi, dtype=jnp.float32)**2 / (2.0 * sigma**2))
+        column = _window_columns(centres, shape, kernel_size, taps, "add")
         total = _sum_axis(column, 1, taps, kernel_size)
         return jnp.minimum(total, 1.0).astype(dtype)
-    column = jnp.full((height, width), jnp.inf, jnp.float32).at[rows, cols].min(
-        jnp.broadcast_to((d * d).astype(jnp.float32), rows.shape), mode="drop")
-    dist2 = _min_plus_axis(column, 1, kernel_size)
+    dist2 = _min_plus_axis(_window_column_distances(centres, shape, kernel_size), 1,
+                           kernel_size)
     union = jnp.exp(-dist2 / (2.0 * sigma**2))
     return (1.0 - union if combine == "occlude" else union).astype(dtype)
 

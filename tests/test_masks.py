@@ -100,8 +100,10 @@ def test_gaussian_mask_cost_never_grows_like_patches_times_pixels(key):
             pytest.skip("this backend reports no cost analysis")
         return analysis["flops"]
 
-    # Each patch adds its window column (kernel_size values); the per-pixel
-    # pass is shared. Never num_patches * H * W: that would add 12.4 M here.
+    # The per-pixel pass is counted (else the bound below would hold vacuously)...
+    assert flops(10) > 112 * 112 * 40
+    # ...and shared: each patch adds its window column (kernel_size values),
+    # never num_patches * H * W (that would add 12.4 M here).
     assert flops(1000) - flops(10) < 0.1 * 990 * 112 * 112
 
 

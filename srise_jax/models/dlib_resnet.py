@@ -90,10 +90,10 @@ def _conv(x: jax.Array, features: int, *, kernel: int, stride: int, dtype: Any, 
 class PatchConv(nn.Module):
     """A convolution computed as one matmul of its input patches (same parameters as `nn.Conv`).
 
-    For the stem (7x7, stride 2, 3 input channels) XLA's CPU convolution is
-    about 8x slower than PyTorch's, while a matmul of the 147-value patches
-    runs at matmul speed: the dlib forward pass is 1.5x faster this way on
-    CPU (benchmarks/RESULTS.md). Deeper layers, with 32 to 256 input
+    For the stem (7x7, stride 2, 3 input channels) XLA's CPU convolution
+    takes about 7x PyTorch's time, while a matmul of the 147-value patches
+    runs at matmul speed: the dlib forward pass is about 1.4x faster this way
+    on CPU (`benchmarks/profile_dlib.py`, benchmarks/RESULTS.md). Deeper layers, with 32 to 256 input
     channels, are faster as convolutions and stay so. Parameters are named
     and shaped as `nn.Conv`'s (``kernel`` [k, k, in, out], ``bias``), so
     converted weights load unchanged.
