@@ -30,10 +30,13 @@ from srise_jax.masks import gaussian_mask, gaussian_masks, rise_mask, rise_masks
 from srise_jax.metrics import (
     Curve,
     MetricResult,
+    REASON_TEXT,
+    UNDEFINED_REASONS,
     deletion,
     deletion_insertion,
     insertion,
     similarity_curve,
+    undefined_reason,
 )
 from srise_jax.models import (
     ARCFACE_THRESHOLD,
@@ -120,6 +123,9 @@ __all__ = [
     "load_image",
     "load_protocol_face",
     "MetricResult",
+    "REASON_TEXT",
+    "UNDEFINED_REASONS",
+    "undefined_reason",
     "NoFaceError",
     "normalize_jointly",
     "occlude",

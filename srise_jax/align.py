@@ -22,6 +22,7 @@ and vmap them over a batch of faces (images of one size).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srise_jax.images import load_image
+from srise_jax.images import check_crop_size, load_image
 
 # insightface python-package/insightface/utils/face_align.py, `arcface_dst`:
 # left eye, right eye, nose tip, left and right mouth corners in a 112x112 crop.
@@ -64,9 +65,20 @@ DLIB_150 = np.array([[47.3935, 44.3861],
                      [100.3356, 106.5763]], dtype=np.float32)
 DLIB_150.setflags(write=False)
 
+# Below this O-Net score `detect_and_align` warns that the crop may not be a
+# usable face. Clear frontal faces score above 0.99 (the bundled photos:
+# 0.9998 to 0.99999), while the detector's own threshold (0.7) still passes
+# sideways faces: obama.jpg turned a quarter (and 630 pixels wide) is
+# aligned, upright-looking but wrong, at 0.78.
+MIN_CONFIDENT_SCORE = 0.9
+
 
 class NoFaceError(ValueError):
     """The detector found no face in an image; the message names the image."""
+
+
+class LowScoreWarning(UserWarning):
+    """A face was aligned whose detection score is below `MIN_CONFIDENT_SCORE`."""
 
 
 def similarity_transform(src: jax.Array, dst: jax.Array) -> jax.Array:
@@ -172,13 +184,18 @@ def align_face(image: jax.Array, landmarks: jax.Array, *, size: int = 112,
       landmarks: Float[Array, "5 2"] (x, y) of the left eye, right eye, nose
         tip, left and right mouth corners in the photo (left/right as seen in
         the image), e.g. `detect_faces(image).landmarks[k]`.
-      size: side of the square crop in pixels.
+      size: side of the square crop in pixels, at most
+        `srise_jax.images.MAX_CROP_SIZE`.
       template: Float[Array, "5 2"] where the landmarks should land.
 
     Returns:
       Float[Array, "size size 3"] the aligned crop (zero where it leaves the
       photo).
+
+    Raises:
+      ValueError: `size` is not an int in [1, MAX_CROP_SIZE].
     """
+    size = check_crop_size(size)
     if template is ARCFACE_112:
         template = ARCFACE_112 * np.float32(size / _ARCFACE_SIZE)
     matrix = similarity_transform(landmarks, template)
@@ -204,24 +221,34 @@ def detect_and_align(path_or_array: str | os.PathLike | np.ndarray, *,
                      ) -> AlignedFace:
     """Photo to aligned face crop, with the detections (see `preprocess`).
 
+    A photo with a side above `srise_jax.detect.MAX_SIDE` is searched on a
+    shrunk copy (`srise_jax.detect.detection_image`); the landmarks are
+    mapped back and the crop is cut from the full-resolution photo.
+
+    Warns `LowScoreWarning` (naming the photo and the score) when the
+    aligned face's detection score is below `MIN_CONFIDENT_SCORE`: a sideways
+    or blurred face, or not a face, that the detector's threshold let pass.
+
     Args:
       path_or_array, size, template: as in `preprocess`.
 
     Returns:
       AlignedFace: the crop (the largest detection aligned on `template`),
-      every detection in the photo, and which one was aligned.
+      every detection in the photo (in its pixel coordinates), and which one
+      was aligned.
 
     Raises:
-      ImageError: the file is missing or not a readable image.
+      ImageError: the file is missing, not a readable image, or larger than
+        `srise_jax.images.MAX_PIXELS`.
       NoFaceError: the detector found no face.
-      ValueError: `size` is not a positive int, or the array is not RGB.
+      ValueError: `size` is not an int in [1, `srise_jax.images.MAX_CROP_SIZE`],
+        or the array is not RGB.
 
     References:
       Zhang et al., "Joint Face Detection and Alignment using Multi-task
       Cascaded Convolutional Networks", 2016. https://arxiv.org/abs/1604.02878
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    size = check_crop_size(size)
     if isinstance(path_or_array, (str, os.PathLike)):
         source = str(Path(path_or_array))
         image = load_image(path_or_array)
@@ -237,6 +264,11 @@ def detect_and_align(path_or_array: str | os.PathLike | np.ndarray, *,
     boxes = np.asarray(faces.boxes)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     largest = int(np.argmax(areas))
+    score = float(faces.scores[largest])
+    if score < MIN_CONFIDENT_SCORE:
+        warnings.warn(f"{source}: the aligned face's detection score is {score:.2f}, below "
+                      f"{MIN_CONFIDENT_SCORE:g}: the photo may be sideways, blurred or not a "
+                      "face; check the crop", LowScoreWarning, stacklevel=2)
     crop = align_face(image, np.asarray(faces.landmarks)[largest], size=size,
                       template=template)
     # Bilinear weights summing to 1 + epsilon can overshoot 1 by an ulp.
@@ -252,7 +284,8 @@ def preprocess(path_or_array: str | os.PathLike | np.ndarray, *, size: int = 112
       path_or_array: an image file (any format `srise_jax.images.load_image`
         reads; EXIF orientation applied), or an (h, w, 3) RGB array, float in
         [0, 1] or uint8.
-      size: side of the square crop in pixels.
+      size: side of the square crop in pixels, at most
+        `srise_jax.images.MAX_CROP_SIZE`.
       template: Float[ndarray, "5 2"] where the landmarks should land, as in
         `align_face` (e.g. `DLIB_150` with size=150 for dlib's network).
 
@@ -261,8 +294,8 @@ def preprocess(path_or_array: str | os.PathLike | np.ndarray, *, size: int = 112
       largest detection box, aligned on the template (ArcFace's by default).
 
     Raises:
-      ImageError: the file is missing or not a readable image.
-      NoFaceError: the detector found no face.
+      ImageError, NoFaceError, ValueError: as `detect_and_align`, which
+        also warns about a low detection score.
     """
     return detect_and_align(path_or_array, size=size, template=template).face
 

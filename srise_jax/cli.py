@@ -11,20 +11,23 @@
 
 File I/O, printing and progress bars live here; the library functions called
 stay pure. Every failure a user can cause (a missing or corrupt file, a bad
-option) ends in ONE line `srise-jax: error: ...` on stderr and exit status 2,
-and every output is written atomically, so a failed run leaves none behind.
+option) ends in ONE line `srise-jax: error: ...` on stderr and exit status 2.
+A command's outputs are reserved before any work (an unwritable location
+fails at once) and written to temporaries that replace them together at the
+end (`srise_jax.outputs.staged_outputs`), so a failed run leaves none behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -36,7 +39,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import srise_jax
-from srise_jax import ablation, align, data, images, metrics, models, sanity, srise, viz
+from srise_jax import (ablation, align, data, images, metrics, models, outputs, sanity, srise,
+                       viz)
 from srise_jax.explainers import get_explainer, list_explainers
 from srise_jax.models.arcface import read_metadata
 from weights_conversion.arcface import convert_file
@@ -60,6 +64,8 @@ _triplet_sums = jax.jit(srise.triplet_sums, static_argnums=(0, 6),
                         static_argnames=("count",))
 _finalize_triplet = jax.jit(srise.finalize_triplet, static_argnums=(0,),
                             static_argnames=("normalize",))
+_embed = jax.jit(lambda embed_fn, params, images: embed_fn(params, images),
+                 static_argnums=(0,))
 _METRICS = {
     "deletion": jax.jit(metrics.deletion, static_argnums=(0,),
                         static_argnames=("step", "batch_size")),
@@ -192,14 +198,19 @@ def _build_parser() -> argparse.ArgumentParser:
                     "a face is reported and skipped; the exit status is then 1.")
     align_cmd.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos")
     align_cmd.add_argument("--out", required=True, type=Path, help="directory for the crops")
-    align_cmd.add_argument("--size", type=_positive_int, default=models.INPUT_SIZE,
-                           help="side of the square crops in pixels (default: %(default)s)")
+    align_cmd.add_argument("--size", default=models.INPUT_SIZE,
+                           type=_integer_in(1, images.MAX_CROP_SIZE + 1,
+                                            f"an integer in [1, {images.MAX_CROP_SIZE}]"),
+                           help="side of the square crops in pixels, at most "
+                                f"{images.MAX_CROP_SIZE} (default: %(default)s)")
     align_cmd.set_defaults(command=_align)
 
     demo = commands.add_parser(
         "demo", help="explain the sample photos with a real face recognizer (dlib's ResNet)",
         description="Detect and align the bundled sample photos, then explain with S-RISE "
-                    "(paper settings) a triplet (obama, obama2, biden) and a self-occlusion "
+                    "(the paper's 500 masks of 100 patches; the library's coverage estimator, "
+                    "--preset paper for the paper's plain sum) a triplet (obama, obama2, "
+                    "biden) and a self-occlusion "
                     "triplet (obama, obama2, obama with a surgical mask), with Deletion and "
                     "Insertion at the model's threshold. Writes OUT/triplet.png, "
                     "OUT/occlusion.png and OUT/scores.json.")
@@ -277,32 +288,35 @@ def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int,
                              "sqrt of the pixel count, about 2*sqrt forward passes per curve)")
 
 
-def _check_output(path: Path) -> None:
-    """Fail before any work if `path` cannot be written."""
-    if path.is_dir():
-        raise _UsageError(f"{path}: is a directory, expected a file name")
-    if not path.parent.is_dir():
-        raise _UsageError(f"{path}: directory {path.parent} does not exist")
-
-
 # ----------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------
 
 def _explain(args: argparse.Namespace) -> int:
     """`srise-jax explain`: maps, figure and scores of a model on three faces."""
-    outputs = [path for path in (args.out, args.json, args.curves) if path is not None]
-    for path in outputs:
-        _check_output(path)
-    if len({path.resolve() for path in outputs}) != len(outputs):
+    finals = [path for path in (args.out, args.json, args.curves) if path is not None]
+    if len({path.resolve() for path in finals}) != len(finals):
         raise _UsageError("--out, --json and --curves must be different files")
+    # Each output is reserved (a file really created beside it) before any
+    # work, and all of them appear together once everything is computed.
+    with outputs.staged_outputs() as staged:
+        for path in finals:
+            staged.file(path)
+        _explain_into(args, staged)
+    print("wrote " + ", ".join(str(path) for path in finals))
+    return 0
+
+
+def _explain_into(args: argparse.Namespace, staged: outputs.StagedOutputs) -> None:
+    """`_explain`'s work, each output written to its staged temporary."""
     name = _model_name(args)
     size, template = _FRAMES[name]
     paths = (args.probe, args.mate, args.nonmate)
     # The faces first: a bad photo should not wait for the model to load.
     if args.align:
-        faces = tuple(align.detect_and_align(path, size=size, template=template).face
-                      for path in paths)
+        with _warning_lines():
+            faces = tuple(align.detect_and_align(path, size=size, template=template).face
+                          for path in paths)
     else:
         faces = _load_faces(*paths, size=size)
     model = _load_model(args, name)
@@ -310,79 +324,92 @@ def _explain(args: argparse.Namespace) -> int:
     run = _compute(args, model, faces, threshold=threshold,
                    with_metrics=args.json is not None or args.curves is not None)
     title = f"S-RISE, {model.label}, N = {args.num_masks}"
-    viz.plot_triplet(*faces, run.triplet, path=args.out, title=title,
-                     scores=_fractions(run))
-    written = [args.out]
+    viz.plot_triplet(*faces, run.triplet, path=staged.file(args.out), title=title, scores=run.results,
+                     threshold=threshold, normalize=run.config.normalize)
     if args.curves is not None:
         viz.plot_curves({f"{metric} {name}": result
                          for name, by_metric in run.results.items()
                          for metric, result in by_metric.items()},
-                        threshold=threshold, path=args.curves,
+                        threshold=threshold, path=staged.file(args.curves),
                         title=f"Deletion/Insertion, threshold {threshold:g}")
-        written.append(args.curves)
     if args.json is not None:
         inputs = {"probe": str(args.probe), "mate": str(args.mate),
                   "nonmate": str(args.nonmate), "aligned": args.align}
-        _write_json(args.json, {**_report(run, threshold=threshold),
-                                "settings": _settings(args, model, run, threshold, inputs)})
-        written.append(args.json)
+        _write_json(staged.file(args.json),
+                    {**_report(run, threshold=threshold),
+                     "settings": _settings(args, model, run, threshold, inputs)})
     _print_summary(run, threshold=threshold)
-    print("wrote " + ", ".join(str(path) for path in written))
-    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     """`srise-jax demo`: S-RISE on the sample photos, plain and self-occluded."""
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"{out}: exists and is not a directory")
-    model = _load_model(args, _model_name(args))
-    threshold = model.threshold if args.threshold is None else args.threshold
-    probe, mate, nonmate = data.sample_triplet(model.size, template=model.template)
-    # The paper's Fig. 5: the "nonmate" is the probe's person with a mask on.
-    occluded = np.asarray(data.occlude(probe, "mask", template=model.template))
-    triplets = {
-        "triplet": ((probe, mate, nonmate), "obama, obama2, biden"),
-        "occlusion": ((probe, mate, occluded), "obama, obama2, obama with a mask"),
-    }
-    report = {"model": model.label, "threshold": threshold}
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, (faces, roles) in triplets.items():
-        print(f"{name}: {roles}", flush=True)
-        run = _compute(args, model, faces, threshold=threshold, with_metrics=True)
-        figure = out / f"{name}.png"
-        viz.plot_triplet(*faces, run.triplet, path=figure, scores=_fractions(run),
-                         title=f"S-RISE, {model.label}, N = {args.num_masks}: {roles}")
-        written.append(figure)
-        report[name] = _report(run, threshold=threshold)
-        _print_summary(run, threshold=threshold)
-    report["settings"] = _settings(args, model, run, threshold,
-                                   {"photos": "srise_jax.data.sample_triplet(): obama, obama2, biden"})
-    _write_json(out / "scores.json", report)
-    written.append(out / "scores.json")
+    with outputs.staged_outputs() as staged:
+        written = _demo_into(args, staged)
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
 
 
+def _demo_into(args: argparse.Namespace, staged: outputs.StagedOutputs) -> list[Path]:
+    """`_demo`'s work, each output written to its staged temporary; their final paths."""
+    # The directory is made, and a file really created in it, before any work.
+    out = staged.directory(args.out)
+    scores = out / "scores.json"
+    staged.file(scores)
+    model = _load_model(args, _model_name(args))
+    threshold = model.threshold if args.threshold is None else args.threshold
+    probe, mate, nonmate = data.sample_triplet(model.size, template=model.template)
+    # The paper's Fig. 5: the third face is the probe itself with a mask on,
+    # which the model may well accept: it is named for what it is.
+    occluded = np.asarray(data.occlude(probe, "mask", template=model.template))
+    triplets = {
+        "triplet": ((probe, mate, nonmate), viz.ROLES, "obama, obama2, biden"),
+        "occlusion": ((probe, mate, occluded), ("probe", "mate", "probe with a surgical mask"),
+                      "self-occlusion triplet: obama, obama2, obama with a surgical mask"),
+    }
+    report = {"model": model.label, "threshold": threshold}
+    written = [out / f"{name}.png" for name in triplets] + [scores]
+    for path in written:
+        staged.file(path)
+    for name, (faces, roles, photos) in triplets.items():
+        print(f"{name}: {photos}", flush=True)
+        run = _compute(args, model, faces, threshold=threshold, with_metrics=True)
+        figure = staged.file(out / f"{name}.png")
+        viz.plot_triplet(*faces, run.triplet, path=figure, scores=run.results,
+                         threshold=threshold, roles=roles, normalize=run.config.normalize,
+                         title=f"S-RISE, {model.label}, N = {args.num_masks}: {photos}")
+        report[name] = _report(run, threshold=threshold)
+        _print_summary(run, threshold=threshold, roles=roles)
+    report["settings"] = _settings(args, model, run, threshold,
+                                   {"photos": "srise_jax.data.sample_triplet(): obama, obama2, biden"})
+    _write_json(staged.file(scores), report)
+    return written
+
+
 def _sanity(args: argparse.Namespace) -> int:
     """`srise-jax sanity`: cascading randomization on the sample probe and mate."""
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"{out}: exists and is not a directory")
+    with outputs.staged_outputs() as staged:
+        # The directory is made, and its files really created, before any work.
+        out = staged.directory(args.out)
+        figure, table = out / "sanity.png", out / "sanity.csv"
+        _sanity_into(args, figure=staged.file(figure), table=staged.file(table))
+    print(f"wrote {figure}, {table}")
+    return 0
+
+
+def _sanity_into(args: argparse.Namespace, *, figure: Path, table: Path) -> None:
+    """`_sanity`'s work, writing the figure and the table to these (temporary) paths."""
     name = _model_name(args)
     size, template = _FRAMES[name]
     probe, mate = (data.aligned_sample(face, size=size, template=template)
                    for face in ("obama", "obama2"))
     model = _load_model(args, name)
+    _check_embeddings(model, {"probe": probe, "mate": mate})
     explainer = functools.partial(get_explainer(args.method), num_masks=args.num_masks,
                                   batch_size=args.batch_size)
     print(f"{args.method} on {model.label}: randomizing "
           f"{', '.join(sanity.layer_groups(model.params))}", flush=True)
     result = sanity.cascading_randomization(explainer, model.embed_fn, model.params,
                                             probe, mate, jax.random.key(args.seed))
-    out.mkdir(parents=True, exist_ok=True)
-    figure, table = out / "sanity.png", out / "sanity.csv"
     _plot_sanity(probe, result, path=figure,
                  title=f"{args.method}, {model.label}, N = {args.num_masks}: "
                        "cascading randomization")
@@ -396,8 +423,6 @@ def _sanity(args: argparse.Namespace) -> int:
     for row in rows[1:]:
         step, group, rho, value = row.split(",")
         print(f"  {step:>4} {group:<10} {float(rho):>9.4f} {float(value):>7.4f}")
-    print(f"wrote {figure}, {table}")
-    return 0
 
 
 def _plot_sanity(face, result: sanity.SanityResult, *, path: Path, title: str) -> None:
@@ -426,7 +451,8 @@ def _align(args: argparse.Namespace) -> int:
     failed, used = 0, set()
     for path in args.images:
         try:
-            found = align.detect_and_align(path, size=args.size)
+            with _warning_lines() as caught:
+                found = align.detect_and_align(path, size=args.size)
         except ValueError as err:  # ImageError, NoFaceError
             print(f"{path}: FAILED: {_first_line(err)}")
             failed += 1
@@ -438,8 +464,10 @@ def _align(args: argparse.Namespace) -> int:
         target = args.out / f"{name}.png"
         _save_face(target, found.face)
         count = len(found.faces.scores)
+        doubt = (f", below {align.MIN_CONFIDENT_SCORE:g}: check the crop"
+                 if any(issubclass(w.category, align.LowScoreWarning) for w in caught) else "")
         print(f"{path}: {count} face{'s' if count != 1 else ''}, aligned the largest "
-              f"(score {float(found.faces.scores[found.index]):.4f}) -> {target}")
+              f"(score {float(found.faces.scores[found.index]):.4f}{doubt}) -> {target}")
     if failed:
         print(f"{PROG}: {failed} of {len(args.images)} photos failed", file=sys.stderr)
         return 1
@@ -470,12 +498,42 @@ class _Run(NamedTuple):
 
 def _load_faces(*paths: Path, size: int) -> tuple[np.ndarray, ...]:
     """Load the face crops, with each loader warning as one stderr line."""
+    with _warning_lines():
+        return tuple(images.load_face(path, size=size) for path in paths)
+
+
+@contextlib.contextmanager
+def _warning_lines() -> Iterator[list[warnings.WarningMessage]]:
+    """Collect the library's warnings in the block; print each as one stderr line after it.
+
+    Yields:
+      The list the warnings are collected in (filled as the block runs).
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        faces = tuple(images.load_face(path, size=size) for path in paths)
+        yield caught
     for warning in caught:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
-    return faces
+
+
+def _check_embeddings(model: _Model, faces: dict[str, np.ndarray]) -> None:
+    """Fail with one line about the model if it embeds any of `faces` as NaN or inf.
+
+    Run before any work or output: a model with corrupt weights otherwise
+    yields NaN similarities and maps, and a failure only when they are
+    written (JSON has no NaN).
+
+    Args:
+      model: the loaded model.
+      faces: {role: face crop}, the role naming the face in the message.
+    """
+    embeddings = np.asarray(_embed(model.embed_fn, model.params,
+                                   jnp.stack(list(faces.values()))))
+    bad = [role for role, row in zip(faces, embeddings) if not np.isfinite(row).all()]
+    if bad:
+        which = " and ".join([", ".join(bad[:-1]), bad[-1]] if len(bad) > 1 else bad)
+        raise ValueError(f"{model.label}: the model returned NaN or infinite embeddings for "
+                         f"the {which}: the weights may be corrupt")
 
 
 def _save_face(path: Path, face: np.ndarray) -> None:
@@ -544,7 +602,11 @@ def _compute(args: argparse.Namespace, model: _Model, faces, *, threshold: float
               else srise.SRiseConfig(normalize=args.normalize, **options))
     height, width = faces[0].shape[:2]
     step = args.metric_step or math.isqrt(height * width)
+    _check_embeddings(model, dict(zip(("probe", "mate", "nonmate"), faces)))
     triplet = _saliency(model.embed_fn, model.params, faces, config, jax.random.key(args.seed))
+    if not all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(triplet)):
+        raise ValueError(f"{model.label}: the model returned NaN or infinite embeddings for "
+                         "masked copies of the faces: the weights may be corrupt")
     results = None
     if with_metrics:
         results = _faithfulness(model.embed_fn, model.params,
@@ -557,14 +619,6 @@ def _compute_dtype(args: argparse.Namespace):
     """SRiseConfig.compute_dtype for --compute-dtype: None for float32 (the default)."""
     name = getattr(args, "compute_dtype", "float32")
     return None if name == "float32" else _DTYPES[name]
-
-
-def _fractions(run: _Run) -> dict | None:
-    """{map: {metric: fraction}} for the figure, or None without metrics."""
-    if run.results is None:
-        return None
-    return {name: {metric: float(result.fraction) for metric, result in by_metric.items()}
-            for name, by_metric in run.results.items()}
 
 
 def _settings(args: argparse.Namespace, model: _Model, run: _Run, threshold: float,
@@ -633,31 +687,39 @@ def _report(run: _Run, *, threshold: float) -> dict:
 
 
 def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float) -> dict:
-    """{"fraction": x}, or {"fraction": None, "reason": why} when x is NaN."""
-    fraction = float(result.fraction)
-    if not math.isnan(fraction):
-        return {"fraction": fraction}
+    """{"fraction": x}, or {"fraction": None, "reason": name, "explanation": text}."""
+    reason = metrics.undefined_reason(result)
+    if reason is None:
+        return {"fraction": float(result.fraction)}
     start = float(result.curve[0])
-    if metric == "deletion":
-        reason = (f"undefined: the pair does not match at threshold {threshold:g} "
-                  f"(similarity {start:.4f}), so there is no match for deletion to break")
-    else:
-        reason = (f"undefined: the mean-filled start image already matches at threshold "
-                  f"{threshold:g} (similarity {start:.4f}), so insertion measures nothing")
-    return {"fraction": None, "reason": reason}
+    return {"fraction": None, "reason": reason,
+            "explanation": f"undefined for {metric}: {metrics.REASON_TEXT[reason]} "
+                           f"(threshold {threshold:g}, similarity at the start "
+                           f"{start:.4f})"}
 
 
-def _print_summary(run: _Run, *, threshold: float) -> None:
-    """Similarities, decisions and metric fractions on stdout."""
-    for label, pair in (("probe-mate", run.triplet.mate),
-                        ("probe-nonmate", run.triplet.nonmate)):
+def _print_summary(run: _Run, *, threshold: float,
+                   roles: Sequence[str] = viz.ROLES) -> None:
+    """Similarities, decisions and metric fractions on stdout; pairs named by `roles`."""
+    labels = [f"{roles[0]} vs {other}" for other in roles[1:]]
+    width = max(map(len, labels))
+    for label, pair in zip(labels, (run.triplet.mate, run.triplet.nonmate)):
         value = float(pair.similarity)
         verdict = "match" if value >= threshold else "no match"
-        print(f"{label:<14} cosine {value:+.4f}  {verdict} at threshold {threshold:g}")
+        print(f"{label:<{width}}  cosine {value:+.4f}  {verdict} at threshold {threshold:g}")
     if run.results is not None:
         print("fraction of pixels that flips the decision (smaller is better):")
-        print(f"  {'map':<18} {'deletion':>9} {'insertion':>9}")
+        print(f"  {'map':<18} {'deletion':>20} {'insertion':>20}")
         for name, by_metric in run.results.items():
-            cells = ["n/a" if math.isnan(float(r.fraction)) else f"{float(r.fraction):.4f}"
-                     for r in by_metric.values()]
-            print(f"  {name:<18} {cells[0]:>9} {cells[1]:>9}")
+            cells = [_fraction_cell(r) for r in by_metric.values()]
+            print(f"  {name:<18} {cells[0]:>20} {cells[1]:>20}")
+        reasons = sorted({metrics.undefined_reason(r) for by_metric in run.results.values()
+                          for r in by_metric.values()} - {None})
+        for reason in reasons:
+            print(f"  n/a ({reason}): {metrics.REASON_TEXT[reason]}")
+
+
+def _fraction_cell(result: metrics.MetricResult) -> str:
+    """A fraction to 4 places, or "n/a (reason)" when no map could earn one."""
+    reason = metrics.undefined_reason(result)
+    return f"n/a ({reason})" if reason else f"{float(result.fraction):.4f}"

@@ -14,7 +14,10 @@ triplet), `table.md` (Table 1), `curves.png`, `convergence.png` and
 `maps/tripletNNN.npz` for the first triplets. A rerun with the same settings
 skips the (triplet, method) rows already written, so an interrupted run
 loses at most the triplet in flight; new methods are added to finished
-triplets.
+triplets. A run holds a lock on the directory (`.lock`, naming its pid, host
+and start time): a second run on it fails at once. Lines a rerun leaves out
+of results.csv (a cut block, duplicates) are named on stderr; finished rows
+are kept.
 
 Scale. `--triplet-batch K` explains and scores K triplets at once: each job
 (pair, side) of the K triplets runs as one vmapped program whose triplet
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import io
 import json
@@ -62,7 +66,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import srise_jax
-from srise_jax import ablation, align, benchmark, cli, data, images, models, protocols, viz
+from srise_jax import (ablation, align, benchmark, cli, data, images, models, outputs,
+                       protocols, viz)
 from srise_jax.explainers import perturbation
 
 COLUMNS = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
@@ -73,6 +78,9 @@ _RUN_KEYS = ("model", "weights", "data", "num_triplets", "seed", "threshold", "s
              "metric_step", "curve_points", "ablation")
 _SAMPLE = "sample"
 _DEFAULT_NUM_TRIPLETS = 50
+# The run directory's lock file (`outputs.lock_directory`): two runs appending
+# to one results.csv would write every row twice.
+_LOCK = ".lock"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -171,6 +179,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                          help="images per forward pass (default: %(default)s)")
     figures.add_argument("--seed", type=cli._seed, default=0,
                          help="random seed (default: %(default)s)")
+    figures.add_argument("--normalize", choices=("coverage", "none"), default="coverage",
+                         help="figs 3-5: 'coverage' (the library's default estimator) or "
+                              "'none' (the paper's plain sum) (default: %(default)s)")
+    figures.add_argument("--preset", choices=tuple(ablation.PRESETS),
+                         help="figs 3-5: S-RISE settings by name ('paper': the paper as "
+                              "written); overrides --normalize")
     figures.add_argument("--convergence", type=_counts,
                          default=benchmark.PAPER_ITERATIONS,
                          help="mask counts of fig6, comma-separated (default: "
@@ -209,6 +223,13 @@ def _counts(text: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------
 
 def _benchmark(args: argparse.Namespace) -> int:
+    """`srise-jax benchmark`, holding the lock on --out (`_run_benchmark`) until it ends."""
+    with contextlib.ExitStack() as held:
+        return _run_benchmark(args, held)
+
+
+def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
+    """The benchmark; the run directory's lock goes on `held`, which outlives it."""
     out = args.out
     if out.exists() and not out.is_dir():
         raise cli._UsageError(f"{out}: exists and is not a directory")
@@ -220,6 +241,11 @@ def _benchmark(args: argparse.Namespace) -> int:
     size, template = cli._FRAMES[name]
     triplets = _triplets(args)
     process, processes = _start_processes(args)
+    # Before the model loads, so that a second run on this directory fails at
+    # once. Each process of a distributed run holds its own lock; process 0's
+    # is the one a single-process run takes.
+    held.enter_context(outputs.lock_directory(
+        out, name=_LOCK if process == 0 else f"{_LOCK}.{process}"))
     model = cli._load_model(args, name)
     threshold = model.threshold if args.threshold is None else args.threshold
     step = args.metric_step or math.isqrt(size * size)
@@ -242,7 +268,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         done = _finished(mine)
         for path in [results, *_part_files(out)]:
             if path != mine:
-                done |= set(_keys(_complete_rows(path)[0]))
+                done |= set(_keys(_complete_rows(path).kept))
 
     score = benchmark.make_score_fn(model.embed_fn, step=step, batch_size=args.metric_batch,
                                     num_points=args.curve_points)
@@ -282,10 +308,10 @@ def _benchmark(args: argparse.Namespace) -> int:
                     bar.update(len(todo))
             if not loaded:
                 continue
-            outputs = _run_batch(model, parts, batched, loaded, triplets, todo,
-                                 iterations=iterations, threshold=threshold, key=root,
-                                 explain_rejected=args.explain_rejected)
-            for (t, triplet_faces), (rows, maps) in zip(loaded, outputs):
+            done_batch = _run_batch(model, parts, batched, loaded, triplets, todo,
+                                    iterations=iterations, threshold=threshold, key=root,
+                                    explain_rejected=args.explain_rejected)
+            for (t, triplet_faces), (rows, maps) in zip(loaded, done_batch):
                 _append_rows(mine, rows)
                 if t < args.save_maps:
                     _save_maps(out / "maps" / f"triplet{t:03d}.npz", triplet_faces, maps)
@@ -432,24 +458,64 @@ def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet], *,
     cli._write_json(path, {**run, "srise_jax_version": srise_jax.__version__})
 
 
-def _complete_rows(results: Path) -> tuple[list[dict], bool]:
-    """The rows of a results file's complete (triplet, method) blocks; whether that is all.
+class _Rows(NamedTuple):
+    """A results file's rows that can be kept, and what was left out."""
+
+    kept: list[dict]
+    dropped: list[str]  # one phrase per kind of line left out; empty if none
+
+
+def _complete_rows(results: Path) -> _Rows:
+    """The rows of a results file's complete (triplet, method) blocks, each job once.
 
     A run killed while appending can leave a triplet's block cut short: a
-    last line without its newline, and methods with fewer rows than jobs.
+    last line without its newline, and methods with fewer rows than jobs;
+    those rows are left out (to be run again). Two runs appending to one
+    file at once (possible before runs locked their directory) wrote every
+    row twice and the header again: each job's first row is kept, so the
+    finished rows survive.
     """
     if not results.exists():
-        return [], True
+        return _Rows([], [])
     text = results.read_text()
-    reader = csv.DictReader(io.StringIO(text[:text.rfind("\n") + 1]))
+    body = text[:text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(body))
     if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
         raise ValueError(f"{results}: unexpected columns {reader.fieldnames}; "
                          f"expected {list(COLUMNS)}")
-    rows = list(reader)
+    rows, seen = [], set()
+    headers = duplicates = 0
+    for row in reader:
+        if tuple(row.values()) == COLUMNS:
+            headers += 1
+            continue
+        if None in row or None in row.values() or not row["triplet"].isdigit():
+            raise ValueError(f"{results}: line {reader.line_num} is not a row of "
+                             f"{len(COLUMNS)} columns with a triplet number")
+        job = (row["triplet"], row["pair"], row["side"], row["method"])
+        if job in seen:
+            duplicates += 1
+            continue
+        seen.add(job)
+        rows.append(row)
     counts = collections.Counter(_keys(rows))
     jobs = len(benchmark.PAIRS) * len(benchmark.SIDES)
     kept = [row for row, key in zip(rows, _keys(rows)) if counts[key] == jobs]
-    return kept, text.endswith("\n") and len(kept) == len(rows)
+    dropped = []
+    if duplicates:
+        dropped.append(f"{duplicates} duplicate row(s) (copies of kept rows: two runs "
+                       "wrote here at once)")
+    if headers:
+        dropped.append(f"{headers} repeated header line(s)")
+    unfinished = sorted(key for key, count in counts.items() if count != jobs)
+    if unfinished:
+        named = ", ".join(f"triplet {t} {method}" for t, method in unfinished[:3])
+        more = f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else ""
+        dropped.append(f"the {len(rows) - len(kept)} row(s) of {len(unfinished)} "
+                       f"unfinished (triplet, method) block(s) ({named}{more}), to run again")
+    if body != text:
+        dropped.append("a last line cut short")
+    return _Rows(kept, dropped)
 
 
 def _keys(rows: Sequence[dict]) -> list[tuple[int, str]]:
@@ -457,16 +523,25 @@ def _keys(rows: Sequence[dict]) -> list[tuple[int, str]]:
     return [(int(row["triplet"]), row["method"]) for row in rows]
 
 
+def _report_dropped(results: Path, found: _Rows) -> None:
+    """Say on stderr, in one line, which lines of a results file were left out."""
+    if found.dropped:
+        print(f"{cli.PROG}: warning: {results}: left out {'; '.join(found.dropped)}; "
+              f"kept {len(found.kept)} row(s)", file=sys.stderr)
+
+
 def _finished(results: Path) -> set[tuple[int, str]]:
     """(triplet, method) pairs with all their rows in a results file.
 
-    The rows of cut blocks (`_complete_rows`) are dropped (the file is
-    rewritten atomically) and run again, so no row is ever written twice.
+    The lines `_complete_rows` leaves out are removed (the file is rewritten
+    atomically, and stderr says what went) and the unfinished blocks run
+    again, so no row is ever written twice and no finished row is lost.
     """
-    rows, intact = _complete_rows(results)
-    if not intact:
-        _write_rows(results, rows)
-    return set(_keys(rows))
+    found = _complete_rows(results)
+    if found.dropped:
+        _report_dropped(results, found)
+        _write_rows(results, found.kept)
+    return set(_keys(found.kept))
 
 
 def _write_rows(results: Path, rows: Sequence[dict]) -> None:
@@ -498,7 +573,9 @@ def _merge_parts(out: Path) -> None:
         return
     merged, seen = [], set()
     for path in [out / "results.csv", *parts]:
-        for row in _complete_rows(path)[0]:
+        found = _complete_rows(path)
+        _report_dropped(path, found)
+        for row in found.kept:
             job = (int(row["triplet"]), row["pair"], row["side"], row["method"])
             if job not in seen:
                 seen.add(job)
@@ -712,6 +789,10 @@ def _write_reports(out: Path, run: dict, labels: Sequence[str], model, args) -> 
 # srise-jax figures
 # ----------------------------------------------------------------------------
 
+# What `data.occlude` paints, as a figure names it.
+_OCCLUDERS = {"mask": "a surgical mask", "sunglasses": "sunglasses"}
+
+
 def _figures(args: argparse.Namespace) -> int:
     out = args.out
     if out.exists() and not out.is_dir():
@@ -722,15 +803,18 @@ def _figures(args: argparse.Namespace) -> int:
     face = lambda entry: protocols.load_protocol_face(entry, size=model.size,
                                                       template=model.template)
     run_args = argparse.Namespace(num_masks=args.num_masks, batch_size=args.batch_size,
-                                  normalize="coverage", share_probe_masks=False,
+                                  normalize=args.normalize, preset=args.preset,
+                                  share_probe_masks=False,
                                   metric_step=None, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def triplet_figure(path: Path, entries: Sequence[str], title: str) -> None:
+    def triplet_figure(path: Path, entries: Sequence[str], title: str,
+                       roles: Sequence[str] = viz.ROLES) -> None:
         faces = tuple(face(e) for e in entries)
         run = cli._compute(run_args, model, faces, threshold=threshold, with_metrics=True)
-        viz.plot_triplet(*faces, run.triplet, path=path, scores=cli._fractions(run),
+        viz.plot_triplet(*faces, run.triplet, path=path, scores=run.results,
+                         threshold=threshold, roles=roles, normalize=run.config.normalize,
                          title=f"{title} ({model.label}, N = {args.num_masks})")
         written.append(path)
 
@@ -747,9 +831,13 @@ def _figures(args: argparse.Namespace) -> int:
                    f"Fig. 4: the non-match pair closest to a match "
                    f"({hardest.probe} vs {hardest.nonmate}; no false match on the samples)")
     for kind in data.OCCLUSION_KINDS:
-        print(f"fig5: self-occlusion with a {kind}", flush=True)
+        # The third face is the probe itself: named for what it is, since
+        # the model may accept it.
+        occluded = f"probe with {_OCCLUDERS.get(kind, f'a {kind}')}"
+        print(f"fig5: self-occlusion, {occluded}", flush=True)
         triplet_figure(out / f"fig5_{kind}.png", ("obama", "obama2", f"obama+{kind}"),
-                       f"Fig. 5: probe, mate, probe with a {kind}")
+                       f"Fig. 5: self-occlusion triplet, {occluded}",
+                       roles=("probe", "mate", occluded))
     print("fig6: convergence", flush=True)
     convergence = jax.jit(perturbation.srise_convergence, static_argnums=(0,),
                           static_argnames=("counts", "batch_size"))

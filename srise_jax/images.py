@@ -5,7 +5,7 @@ float32 RGB in [0, 1] of shape (size, size, 3). It does not detect or align
 faces: S-RISE explains a model on the crops that model was trained on (for
 ArcFace, 112x112 crops aligned on five landmarks), so give it such crops, or
 photos through `srise_jax.align.preprocess`. `load_image` decodes the same way
-at the file's own size, for whole photographs.
+at the file's own size, for whole photographs, up to `MAX_PIXELS`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ from PIL import Image, ImageOps
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _WIDE_INTEGER_MAX = 65535.0
 
+# The most pixels `load_image` decodes: 50 megapixels (an 8000x6000 photo from
+# a 48-megapixel phone camera fits). A small file can hold a huge image (a
+# 255 KB PNG of 9000x9000), and each megapixel costs 12 MB as float32 RGB;
+# PIL's own guard (Image.MAX_IMAGE_PIXELS, about 89 megapixels, an error only
+# at twice that) lets such a file through.
+MAX_PIXELS = 50_000_000
+# The largest crop side `load_face` and `srise_jax.align` make: face models
+# take crops of 112 to 160 pixels, and a crop of side s costs s*s*12 bytes
+# (--size 100000 would ask for 120 GB).
+MAX_CROP_SIZE = 1024
+
 
 class ImageError(ValueError):
     """An image file that cannot be read; the message names the file."""
@@ -28,6 +39,24 @@ class ImageError(ValueError):
 
 class ResizeWarning(UserWarning):
     """An image was not of the requested size and was resized."""
+
+
+def check_crop_size(size: int) -> int:
+    """The side of a square face crop, checked: an int in [1, `MAX_CROP_SIZE`].
+
+    Args:
+      size: the requested side in pixels.
+
+    Returns:
+      `size` as a Python int.
+
+    Raises:
+      ValueError: `size` is not an int (bools are refused), or out of range.
+    """
+    if (isinstance(size, bool) or not isinstance(size, (int, np.integer))
+            or not 1 <= size <= MAX_CROP_SIZE):
+        raise ValueError(f"size must be an int in [1, {MAX_CROP_SIZE}] (pixels), got {size!r}")
+    return int(size)
 
 
 def load_face(path: str | Path, *, size: int = 112) -> np.ndarray:
@@ -42,17 +71,19 @@ def load_face(path: str | Path, *, size: int = 112) -> np.ndarray:
 
     Args:
       path: the image file.
-      size: side of the returned square image in pixels.
+      size: side of the returned square image in pixels, at most
+        `MAX_CROP_SIZE`.
 
     Returns:
       Float[ndarray, "size size 3"] float32 in [0, 1].
 
     Raises:
-      ImageError: the file is missing, unreadable, truncated, not an image, or
-        of a mode with no RGB meaning (32-bit float).
+      ImageError: the file is missing, unreadable, truncated, not an image,
+        of a mode with no RGB meaning (32-bit float), or larger than
+        `MAX_PIXELS`.
+      ValueError: `size` is not an int in [1, `MAX_CROP_SIZE`].
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    size = check_crop_size(size)
     path = Path(path)
     rgb = load_image(path)
     height, width = rgb.shape[:2]
@@ -65,21 +96,24 @@ def load_face(path: str | Path, *, size: int = 112) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file at its own size as float32 RGB in [0, 1].
 
     Decodes like `load_face` (EXIF orientation, greyscale, palette, CMYK,
     16-bit and transparency handled the same way) but never resizes: for
-    whole photographs that a face detector will search.
+    whole photographs that a face detector will search. The size is read
+    from the file's header and checked before anything is decoded.
 
     Args:
       path: the image file.
+      max_pixels: the most pixels (width x height) accepted.
 
     Returns:
       Float[ndarray, "h w 3"] float32 in [0, 1].
 
     Raises:
-      ImageError: as `load_face`.
+      ImageError: as `load_face`; or the image has more than `max_pixels`
+        pixels (the message gives its size and the limit).
     """
     path = Path(path)
     if not path.exists():
@@ -87,7 +121,17 @@ def load_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: not a file")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # PIL warns from about 89 megapixels; the check below says more.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{path}: {width}x{height} pixels ({width * height / 1e6:.1f} "
+                    f"megapixels) is above the {max_pixels / 1e6:g}-megapixel limit "
+                    "(srise_jax.images.MAX_PIXELS): downscale the photo first")
             # load() decodes the whole file, so a truncated one fails here.
             image.load()
             rgb = _as_rgb(ImageOps.exif_transpose(image), path)
@@ -97,7 +141,7 @@ def load_image(path: str | Path) -> np.ndarray:
     # SyntaxError or ValueError (malformed headers), DecompressionBombError...
     except Exception as err:  # noqa: BLE001
         raise ImageError(f"{path}: not a readable image ({_first_line(err)})") from None
-    return np.clip(rgb, 0.0, 1.0)
+    return np.clip(rgb, 0.0, 1.0, out=rgb)
 
 
 def _as_rgb(image: Image.Image, path: Path) -> np.ndarray:
@@ -112,7 +156,9 @@ def _as_rgb(image: Image.Image, path: Path) -> np.ndarray:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rgb /= 255.0  # in place: a photo of MAX_PIXELS is 600 MB as float32
+    return rgb
 
 
 def _resize(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -21,17 +21,32 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from srise_jax import _helpers as checks
 from srise_jax.similarity import unit_normalize as _unit
 
 EmbedFn = Callable[[Any, jax.Array], jax.Array]
+
+# Why a fraction can be undefined; `MetricResult.reason` holds 0 when it is
+# defined, else 1 + the index of its reason here. An undefined fraction is
+# NaN, never 0.0 or 1.0: both would be scores that no map earned.
+UNDEFINED_REASONS = ("rejected", "already_flipped", "cannot_flip", "invalid_input")
+
+# A short phrase for each reason, for tables, figures and reports.
+REASON_TEXT = {
+    "rejected": "the model rejects this pair: no match to break or to build",
+    "already_flipped": "the mean-filled image already matches",
+    "cannot_flip": "no map can flip this pair: the fully deleted image still matches",
+    "invalid_input": "NaN or inf in the image, the map or the threshold",
+}
+
 
 class MetricResult(NamedTuple):
     """Result of `deletion` or `insertion` for one image and one map.
 
     Attributes:
       fraction: () float32. Pixels changed when the decision first flips,
-        divided by H * W; 1.0 if it never flips; NaN if the decision is
-        already on the far side of the threshold before any pixel changes.
+        divided by H * W; NaN when no map could make the number mean
+        anything (see `reason`).
       counts: (K,) int32 pixel counts of the curve, ascending. With
         ``step=1``, K = H*W + 1 and ``counts = arange(H*W + 1)``. With
         ``step > 1``, K = len(grid) + step - 1: the coarse grid
@@ -41,11 +56,39 @@ class MetricResult(NamedTuple):
       curve: (K,) float32 cosine similarity to the reference's embedding at
         each count; NaN where it was not evaluated (after the search stopped,
         or in an unused slot).
+      reason: () int32, 0 when `fraction` is defined, else 1 + the index in
+        `UNDEFINED_REASONS` of why it is NaN (`undefined_reason` names it):
+        "rejected", the model rejects the pair (cos(image, reference) <
+        threshold), so Deletion has no match to break and Insertion ends on
+        a non-match whatever the map; "already_flipped", Insertion's
+        mean-filled start image already matches; "cannot_flip", Deletion
+        never flips, not even with every pixel mean-filled; "invalid_input",
+        NaN or inf in the image, reference, map or threshold (raised as an
+        error outside `jit`).
     """
 
     fraction: jax.Array
     counts: jax.Array
     curve: jax.Array
+    reason: jax.Array
+
+
+def undefined_reason(result: MetricResult) -> str | None:
+    """Why `result.fraction` is undefined, by name, or None when it is defined.
+
+    Args:
+      result: a concrete (not traced) `MetricResult`.
+
+    Returns:
+      One of `UNDEFINED_REASONS` (`REASON_TEXT` has a phrase for each), or
+      None.
+    """
+    code = int(result.reason)
+    return None if code == 0 else UNDEFINED_REASONS[code - 1]
+
+
+def _code(reason: str) -> int:
+    return 1 + UNDEFINED_REASONS.index(reason)
 
 
 def deletion(
@@ -66,12 +109,14 @@ def deletion(
     index ``row * W + col`` first). Let ``x_c`` be ``image`` with its ``c``
     first-ranked pixels replaced, in all three channels, by the per-channel
     mean of ``image``, and ``s(c) = cos(embed(x_c), embed(reference))``.
-    Then ``fraction = min{c : s(c) < threshold} / (H*W)``, or 1.0 if no
-    ``c`` in ``0..H*W`` qualifies.
+    Then ``fraction = min{c : s(c) < threshold} / (H*W)``.
 
-    The fraction is NaN when ``s(0) < threshold``: the pair is already a
-    non-match, so there is no decision for deletion to flip, and reporting
-    0.0 would score such a pair as a perfect explanation.
+    The fraction is undefined (NaN, with `MetricResult.reason`) when no map
+    could earn it: "rejected" when ``s(0) < threshold`` (the pair is
+    already a non-match, so there is no decision to flip; 0.0 would score
+    it as a perfect explanation), "cannot_flip" when no ``c`` in
+    ``0..H*W`` qualifies (even the all-mean image still matches; 1.0 would
+    score every map alike).
 
     ``step=1`` evaluates ``s(0), s(1), ...`` in order, which is the paper's
     per-pixel definition. A larger ``step`` first evaluates the grid
@@ -98,8 +143,14 @@ def deletion(
         pair; it is never modified.
       saliency: (H, W) saliency of ``image``, finite; larger means more
         important.
+
+    Raises:
+      TypeError, ValueError: one line naming the argument, for a non-float
+        image, a shape mismatch, or (outside ``jit``) NaN or inf in the
+        images, the map or the threshold; under ``jit`` those values give
+        reason "invalid_input" instead.
       threshold: the verification threshold on cosine similarity: a pair
-        matches when ``cos >= threshold``.
+        matches when ``cos >= threshold``; finite.
       step: grid spacing of the coarse search, a positive int.
       batch_size: pixel counts (masked images) per ``embed_fn`` call.
 
@@ -133,13 +184,15 @@ def insertion(
     ``x_c`` be the constant image filled with the per-channel mean of
     ``image``, with the ``c`` first-ranked pixels restored to their values
     in ``image``, and ``s(c) = cos(embed(x_c), embed(reference))``. Then
-    ``fraction = min{c : s(c) >= threshold} / (H*W)``, or 1.0 if no ``c``
-    in ``0..H*W`` qualifies (for instance when the original pair itself
-    does not match).
+    ``fraction = min{c : s(c) >= threshold} / (H*W)``.
 
-    The fraction is NaN when ``s(0) >= threshold``: the featureless start
-    image already matches the reference, so the count measures nothing
-    about the map, and reporting 0.0 would score it as a perfect one.
+    The fraction is undefined (NaN, with `MetricResult.reason`) when no map
+    could earn it: "rejected" when the pair itself does not match
+    (``cos(embed(image), embed(reference)) < threshold``: the last step is
+    the original image, so the count would say nothing about the map, and
+    1.0 would score every map alike), "already_flipped" when
+    ``s(0) >= threshold`` (the featureless start image already matches;
+    0.0 would score it as a perfect map). "rejected" wins when both hold.
 
     ``step``, ``batch_size``, early stopping and jit behave as in
     `deletion`.
@@ -244,10 +297,10 @@ def similarity_curve(
             or num_points < 2:
         raise ValueError(f"num_points must be an int >= 2 (static under jit), "
                          f"got {num_points!r}")
+    _check_args(image, reference, saliency, 1, batch_size)
     image = jnp.asarray(image, jnp.float32)
     reference = jnp.asarray(reference, jnp.float32)
     saliency = jnp.asarray(saliency)
-    _check_args(image, reference, saliency, 1, batch_size)
     num_pixels = image.shape[0] * image.shape[1]
     counts_np = np.round(np.linspace(0, num_pixels, num_points)).astype(np.int32)
     # No padded forward passes when the whole curve fits in one batch.
@@ -282,10 +335,11 @@ class _Search(NamedTuple):
 def _flip_search(
     embed_fn, params, image, reference, saliency, threshold, *, insert, step, batch_size
 ) -> MetricResult:
+    _check_args(image, reference, saliency, step, batch_size)
+    checks.check_finite("threshold", threshold)
     image = jnp.asarray(image, jnp.float32)
     reference = jnp.asarray(reference, jnp.float32)
     saliency = jnp.asarray(saliency)
-    _check_args(image, reference, saliency, step, batch_size)
     threshold = jnp.asarray(threshold, jnp.float32)
     height, width, _ = image.shape
     num_pixels = height * width
@@ -293,6 +347,11 @@ def _flip_search(
     fill = jnp.mean(image, axis=(0, 1))
     rank = _pixel_rank(saliency)
     reference_unit = _unit(embed_fn(params, reference[None]))[0]
+    # Under jit the values cannot be checked above: bad ones stop the search
+    # before it starts and give reason "invalid_input".
+    invalid = ~(jnp.isfinite(threshold) & _all_finite(image, reference, saliency))
+    # cos(image, reference): where Insertion ends whatever the map.
+    rejected = (_unit(embed_fn(params, image[None]))[0] @ reference_unit) < threshold
 
     def similarities(counts):
         images = _changed_images(image, rank, fill, counts, insert=insert)
@@ -347,7 +406,7 @@ def _flip_search(
     init = _Search(
         pos=jnp.int32(0),
         refining=jnp.bool_(False),
-        done=jnp.bool_(False),
+        done=invalid,
         hit=jnp.int32(num_grid),
         fine_hit=jnp.int32(num_fine),
         sims=jnp.full((grid_slots + fine_slots,), jnp.nan, jnp.float32),
@@ -356,15 +415,24 @@ def _flip_search(
 
     lo, hi = bracket(final.hit)
     flip_count = jnp.where(final.fine_hit < num_fine, lo + 1 + final.fine_hit, hi)
-    fraction = jnp.where(
-        final.hit == 0,
-        jnp.nan,
-        jnp.where(final.hit == num_grid, 1.0, flip_count.astype(jnp.float32) / num_pixels),
-    ).astype(jnp.float32)
+    # The search starts at the unchanged image for Deletion (so a hit at 0
+    # means the pair is rejected) and at the all-mean image for Insertion.
+    if insert:
+        reasons = ((invalid, "invalid_input"), (rejected, "rejected"),
+                   (final.hit == 0, "already_flipped"),
+                   (final.hit == num_grid, "rejected"))
+    else:
+        reasons = ((invalid, "invalid_input"), (final.hit == 0, "rejected"),
+                   (final.hit == num_grid, "cannot_flip"))
+    reason = jnp.int32(0)
+    for condition, name in reversed(reasons):  # the first that holds wins
+        reason = jnp.where(condition, jnp.int32(_code(name)), reason)
+    fraction = jnp.where(reason == 0, flip_count.astype(jnp.float32) / num_pixels,
+                         jnp.nan).astype(jnp.float32)
 
     grid_curve = final.sims[:num_grid]
     if num_fine == 0:
-        return MetricResult(fraction, grid, grid_curve)
+        return MetricResult(fraction, grid, grid_curve, reason)
     fine_counts = lo + 1 + jnp.arange(num_fine, dtype=jnp.int32)
     fine_used = (final.hit > 0) & (final.hit < num_grid) & (fine_counts < hi)
     fine_curve = final.sims[grid_slots : grid_slots + num_fine]
@@ -372,7 +440,11 @@ def _flip_search(
     keys = jnp.concatenate([grid, jnp.where(fine_used, fine_counts, num_pixels + 1)])
     keys, curve = lax.sort((keys, jnp.concatenate([grid_curve, fine_curve])), num_keys=1)
     counts = jnp.where(keys > num_pixels, -1, keys)
-    return MetricResult(fraction, counts, curve)
+    return MetricResult(fraction, counts, curve, reason)
+
+
+def _all_finite(*arrays) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays]))
 
 
 def _changed_images(image, rank, fill, counts, *, insert: bool) -> jax.Array:
@@ -400,14 +472,12 @@ def _pixel_rank(saliency: jax.Array) -> jax.Array:
 
 
 def _check_args(image, reference, saliency, step, batch_size) -> None:
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
-    if reference.ndim != 3 or reference.shape[-1] != 3:
-        raise ValueError(f"reference must have shape (H, W, 3), got {reference.shape}")
-    if saliency.shape != image.shape[:2]:
-        raise ValueError(
-            f"saliency must have shape {image.shape[:2]} (the image's H, W), got {saliency.shape}"
-        )
+    checks.check_image("image", image)
+    checks.check_image("reference", reference)
+    if np.shape(saliency) != np.shape(image)[:2]:
+        raise ValueError(f"saliency must have shape {np.shape(image)[:2]} (the image's H, W), "
+                         f"got {np.shape(saliency)}")
+    checks.check_finite("saliency", saliency)
     for name, value in (("step", step), ("batch_size", batch_size)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int (static under jit), got {value!r}")

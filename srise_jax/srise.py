@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from srise_jax import _helpers as checks
 from srise_jax import masks as masks_lib
 from srise_jax.similarity import unit_normalize as _unit
 
@@ -34,8 +35,21 @@ _NORMALIZE = ("coverage", "none")
 class SRiseConfig:
     """Options of `srise_triplet` (hashable: pass it as a static argument).
 
-    Defaults reproduce the paper (section 4.1.2): 500 masks of 100 Gaussian
-    patches (kernel 40, sigma 7), a fresh set of masks for each pair.
+    The defaults take the paper's masks (section 4.1.2: 500 masks of 100
+    Gaussian patches, kernel 40, sigma 7, a fresh set for each pair) and
+    this library's estimator, which is NOT the paper's: coverage
+    normalisation (`normalize="coverage"`) where the paper takes the plain
+    weighted sum (section 3.2.2, `normalize="none"`), with black fill (the
+    paper's I * M). `PRESETS["paper"]` is the paper as written.
+
+    Why coverage: the patches are clipped at the border, so the masks' mean
+    value is 0.71 at the centre of a 112x112 image and 0.41 in its corners
+    (0.58 and 0.28 on dlib's 150x150 chips; 2000 masks, key 0). The plain
+    sum sum_i s_i M_i therefore carries that centre prior whatever the
+    model does; dividing by sum_i M_i, pixel by pixel, leaves the mean
+    score of the masks that kept the pixel. (RISE divides by the constant
+    N * p instead, which is the same only when every pixel is kept equally
+    often.)
 
     Attributes:
       num_masks: N, masks per pair.
@@ -53,8 +67,9 @@ class SRiseConfig:
         jnp.bfloat16, with a model built for it: `load_dlib(dtype=...)`,
         `load_arcface(..., dtype=...)`); None keeps float32. Scores, mask
         sums and saliency accumulate in float32 either way.
-      normalize: "coverage" for sum_i s_i M_i / sum_i M_i (RISE's estimator,
-        free of the masks' border bias), "none" for the paper's plain sum.
+      normalize: "coverage" for sum_i s_i M_i / sum_i M_i (the mean score of
+        the masks that keep each pixel, free of the masks' border bias; see
+        above), "none" for the paper's plain sum.
       share_probe_masks: if True, both pairs use the same masks and the
         probe's masked embeddings serve both (3N forward passes instead of 4N);
         the mate pair's maps are then identical to the default's.
@@ -278,12 +293,16 @@ def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
 
         def per_device(src, ok):
             s = body(src, ok)
-            return SaliencySums(jax.lax.psum(s.weighted, axes),
-                                jax.lax.psum(s.coverage, axes), s.scores)
+            # The scores come back whole (they are small: jobs x N floats):
+            # an explicit-axes mesh refuses to slice the padding off an array
+            # still sharded over a mask axis that N does not divide.
+            return SaliencySums(
+                jax.lax.psum(s.weighted, axes), jax.lax.psum(s.coverage, axes),
+                jax.lax.all_gather(s.scores, axes, axis=1, tiled=True))
 
         sharded = jax.shard_map(
             per_device, mesh=mesh, in_specs=(P(axes), P(axes)),
-            out_specs=SaliencySums(P(), P(), P(None, axes)),
+            out_specs=SaliencySums(P(), P(), P()),
             # The scan's zero carry is device-invariant, its updates vary per
             # device; the psum above makes the outputs invariant again.
             check_vma=False)
@@ -319,14 +338,6 @@ def _pair_from(sums: SaliencySums, units: jax.Array, jobs: tuple[int, int],
     ja, jb = jobs
     return PairSaliency(maps[ja], maps[jb], sums.scores[ja], sums.scores[jb],
                         units[a] @ units[b])
-
-
-def _check_images(*images: jax.Array) -> None:
-    shapes = {tuple(x.shape) for x in images}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-        raise ValueError(
-            "images must be single (H, W, C) arrays of one shape, got shapes "
-            f"{[tuple(x.shape) for x in images]}")
 
 
 def srise_pair(
@@ -368,10 +379,11 @@ def srise_pair(
       Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
     """
     _check_normalize(normalize)
-    _check_images(image_a, image_b)
+    checks.check_images(image_a=image_a, image_b=image_b, channels=None)
     if masks.ndim != 3 or masks.shape[1:] != image_a.shape[:2]:
         raise ValueError(f"masks must be (N, {image_a.shape[0]}, "
                          f"{image_a.shape[1]}), got {tuple(masks.shape)}")
+    checks.check_finite("masks", masks)
     targets = jnp.stack([image_a, image_b])
     sums, units = _run(embed_fn, params, targets, ((0, 1), (1, 0)), masks,
                        lambda m: m, batch_size=batch_size, fill=fill,
@@ -420,7 +432,7 @@ def triplet_sums(
       One `SaliencySums` per mask set: (mate, nonmate) jobs; or a single one
       over the shared masks when `config.share_probe_masks`.
     """
-    _check_images(probe, mate, nonmate)
+    checks.check_images(probe=probe, mate=mate, nonmate=nonmate, channels=None)
     if count is None:
         count = config.num_masks - int(start)
     if not 0 < count <= config.num_masks or (

@@ -12,23 +12,31 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
-from matplotlib import cm, colors
+from matplotlib import cm, colors, ticker
 from matplotlib.figure import Figure
 
-from srise_jax import srise
+from srise_jax import metrics, srise
 from srise_jax.metrics import MetricResult
 
 # The four maps of a triplet, each named "<image>_vs_<reference>": the image
 # the map explains and the intact image it was compared with.
 MAP_NAMES = ("probe_vs_mate", "mate_vs_probe", "probe_vs_nonmate", "nonmate_vs_probe")
+# The faces of a triplet, in order, as `plot_triplet` names them by default.
+ROLES = ("probe", "mate", "nonmate")
 _CMAP = "jet"
+# Signed maps (each minus its mean score) need a scale whose middle is zero.
+_DIVERGING_CMAP = "RdBu_r"
 _OVERLAY_ALPHA = 0.5
 _PANEL_INCHES = 2.3
+# Text under a map: characters per line at fontsize "small", and line height.
+_NOTE_CHARS = 40
+_NOTE_LINE_INCHES = 0.15
 _DPI = 100
 
 
@@ -59,24 +67,43 @@ def plot_triplet(
     *,
     path: str | Path | None = None,
     title: str | None = None,
-    scores: Mapping[str, Mapping[str, float]] | None = None,
-    relative: bool = True,
+    scores: Mapping[str, Mapping[str, MetricResult | float]] | None = None,
+    threshold: float | None = None,
+    roles: Sequence[str] = ROLES,
+    normalize: str = "coverage",
 ) -> Figure:
     """The S-RISE maps of a triplet over its faces, as in the paper's Fig. 3.
 
-    Left, the match pair (probe, mate); right, the non-match pair (probe,
-    nonmate); the top row shows the faces, the bottom row each face under its
-    map. All four maps share ONE colour scale (`srise.normalize_jointly`), so
-    a pair the model finds less similar shows "shallower" maps; per-map
-    scaling would hide exactly that. Each pair's title gives its cosine
-    similarity.
+    Left the pair (probe, mate), right the pair (probe, nonmate), each titled
+    with its cosine similarity and, given `threshold`, the model's decision
+    ("match at 0.907" / "no match at 0.907"): the titles follow the score,
+    never the position, since a caller's "nonmate" may be accepted (the
+    paper's self-occlusion triplets) and a "mate" rejected. The top row shows
+    the faces, named by `roles`; the bottom row each face under its map.
 
-    A coverage-normalized map is the mean masked score where a pixel is kept:
-    it sits near its pair's mean score everywhere, and on one scale with the
-    other pair the offset between pairs dwarfs the structure inside each map.
-    With `relative` (default) each map is shown minus its masks' mean score
-    (how much keeping a pixel raises the similarity), still on one shared
-    scale; `relative=False` shows the maps as they are.
+    What the colours show depends on how the maps were made; the maps do not
+    record it, so the caller passes `normalize` as given to `SRiseConfig`:
+
+    - "coverage": a map is, at each pixel, the mean masked cosine of the
+      masks weighted by how much they keep that pixel: cosine units, always
+      within the range of its masked scores. Such a map sits near its own
+      mean masked score; the spread inside a map (about 0.007 for dlib on the
+      sample photos) is small next to the offsets between maps (about 0.05),
+      so one colour scale over the values as they are paints each map as a
+      flat field. The overlays therefore show each map minus the mean of the
+      masked scores that weighed it (how much keeping the pixel raises the
+      mean masked cosine), all four on ONE scale centred on zero, so the
+      structures are comparable. The paper's cue that the non-match maps are
+      "much shallower" (section 4.3) is the maps' level, which that view
+      removes; the panel beside the colour bar draws it: each map's range and
+      mean in cosine units, on one axis with each pair's cosine and the
+      threshold, and each map's title gives its mean masked cosine.
+    - "none": the paper's plain sums sum_i s_i M_i, which are not in cosine
+      units (they grow with N and carry the masks' centre prior). They are
+      shown as in the paper: all four scaled jointly to [0, 1]
+      (`srise.normalize_jointly`), where a pair with lower masked scores is
+      shallower in the colours themselves; the panel draws each map's mean
+      masked cosine.
 
     Args:
       probe, mate, nonmate: Float[Array, "h w 3"] RGB in [0, 1].
@@ -84,49 +111,94 @@ def plot_triplet(
       path: if given, the figure is also written there as a PNG.
       title: the figure's title.
       scores: optional numbers printed under the maps: for every name of
-        `MAP_NAMES` a mapping such as {"deletion": 0.12, "insertion": nan};
-        NaN prints as "n/a".
-      relative: show each map minus its masks' mean score (for the default
-        coverage-normalized maps; see above).
+        `MAP_NAMES` a mapping such as {"deletion": MetricResult, "insertion":
+        0.4}; a NaN prints as "n/a", with its reason when a `MetricResult`
+        carries one (see `fraction_text`).
+      threshold: the verification threshold; the pairs' titles then say
+        whether the model accepts each pair.
+      roles: the names of the three faces, e.g. ("probe", "mate", "probe
+        with a surgical mask").
+      normalize: "coverage" or "none", as the maps were computed.
 
     Returns:
-      The figure (the overlays carry the map name as their gid).
+      The figure. The overlays carry the map name as their gid; the level
+      panel is the axes labelled "levels", its markers carry gids
+      "<map name> range" and "<map name> mean".
+
+    Raises:
+      ValueError: unknown `normalize`, not three roles, `scores` without
+        exactly the four map names, or maps called "coverage" that leave their
+        masked scores' range (plain sums: pass normalize="none").
     """
+    if normalize not in ("coverage", "none"):  # SRiseConfig's choices
+        raise ValueError(f"normalize must be 'coverage' or 'none', got {normalize!r}")
+    roles = tuple(roles)
+    if len(roles) != 3 or not all(isinstance(role, str) for role in roles):
+        raise ValueError(f"roles must name the three faces, got {roles!r}")
     if scores is not None and set(scores) != set(MAP_NAMES):
         raise ValueError(f"scores must have the keys {MAP_NAMES}, got {tuple(scores)}")
-    shared = srise.normalize_jointly(_centred(triplet) if relative else triplet)
-    maps = triplet_maps(probe, mate, nonmate, shared)
-    pairs_height, bar_height = 2 * _PANEL_INCHES + 1.0, 0.8
+    levels = _levels(triplet)
+    if normalize == "coverage":
+        _check_coverage(levels)
+        limit = max(max(np.abs(level.values - level.mean).max() for level in levels.values()),
+                    1e-12)
+        norm, cmap = colors.Normalize(-limit, limit), _DIVERGING_CMAP
+        shown = {name: level.values - level.mean for name, level in levels.items()}
+        label = ("each map minus the mean of its masked scores: how much keeping the "
+                 "pixel raises the masked cosine (one scale for all four maps; their "
+                 "levels on the right)")
+    else:
+        norm, cmap = colors.Normalize(0.0, 1.0), _CMAP
+        joint = srise.normalize_jointly(triplet)
+        shown = {name: np.asarray(saliency, np.float32)
+                 for name, (_, _, saliency) in triplet_maps(probe, mate, nonmate, joint).items()}
+        label = ("plain sum of score-weighted masks (the paper's estimator), "
+                 "scaled to [0, 1] jointly over the four maps")
+    faces = dict(zip(ROLES, (probe, mate, nonmate)))
+    by_face = dict(zip(ROLES, roles))
+    # An undefined score's reason is a phrase: wrapped to the panel's width.
+    notes = {name: "\n".join(textwrap.fill(f"{metric} {fraction_text(value)}", _NOTE_CHARS)
+                             for metric, value in by_metric.items())
+             for name, by_metric in (scores or {}).items()}
+    note_lines = max((note.count("\n") + 1 for note in notes.values()), default=0)
+    pairs_height = 2 * _PANEL_INCHES + 0.9 + _NOTE_LINE_INCHES * note_lines
+    bar_height = 2.0
     figure = Figure(figsize=(4 * _PANEL_INCHES, pairs_height + bar_height), dpi=_DPI,
                     layout="constrained")
     pairs_area, bar_area = figure.subfigures(2, 1, height_ratios=(pairs_height, bar_height))
-    pair_figures = pairs_area.subfigures(1, 2)
-    norm = colors.Normalize(0.0, 1.0)
-    similarities = (float(triplet.mate.similarity), float(triplet.nonmate.similarity))
-    headers = ("match pair", "non-match pair")
-    names = iter(maps)
-    for pair_figure, header, similarity in zip(pair_figures, headers, similarities):
-        pair_figure.suptitle(f"{header}: cosine {similarity:.3f}")
-        for column in pair_figure.subplots(2, 2).T:
-            name = next(names)
-            image, _, saliency = maps[name]
-            face = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    pair_names = (MAP_NAMES[:2], MAP_NAMES[2:])
+    for pair_figure, names, other, pair in zip(pairs_area.subfigures(1, 2), pair_names,
+                                               roles[1:], triplet):
+        pair_figure.suptitle(f"{roles[0]} vs {other}\n"
+                             f"{_decision_text(float(pair.similarity), threshold)}")
+        for column, name in zip(pair_figure.subplots(2, 2).T, names):
+            image = name.split("_vs_")[0]
+            face = np.clip(np.asarray(faces[image], np.float32), 0.0, 1.0)
             column[0].imshow(face)
-            column[0].set_title(name.split("_vs_")[0])
+            column[0].set_title(by_face[image], fontsize="medium")
             column[1].imshow(face)
-            overlay = column[1].imshow(np.asarray(saliency), cmap=_CMAP, norm=norm,
-                                       alpha=_OVERLAY_ALPHA)
+            overlay = column[1].imshow(shown[name], cmap=cmap, norm=norm, alpha=_OVERLAY_ALPHA)
             overlay.set_gid(name)
+            column[1].set_title(f"mean masked cosine {levels[name].mean:.3f}",
+                                fontsize="small")
             if scores is not None:
-                column[1].set_xlabel(_score_text(scores[name]))
+                # Padded to one height: the two pairs' rows then line up.
+                padding = "\n" * (note_lines - 1 - notes[name].count("\n"))
+                column[1].set_xlabel(notes[name] + padding, fontsize="small")
             for axes in column:
                 axes.set_xticks([])
                 axes.set_yticks([])
-    bar_axes = bar_area.add_axes((0.25, 0.6, 0.5, 0.25), label="colorbar")
-    bar_area.colorbar(cm.ScalarMappable(norm=norm, cmap=_CMAP), cax=bar_axes,
-                      orientation="horizontal",
-                      label=("saliency minus its pair's mean masked score" if relative
-                             else "saliency") + ", one scale for all four maps")
+    bar_figure, level_figure = bar_area.subfigures(1, 2, width_ratios=(1.0, 1.5))
+    # Placed by hand: constrained layout would stretch the bar to the
+    # height of the level panel beside it.
+    bar_axes = bar_figure.add_axes((0.08, 0.66, 0.84, 0.12), label="colorbar")
+    bar_figure.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar_axes,
+                        orientation="horizontal", ticks=ticker.MaxNLocator(4))
+    bar_axes.tick_params(labelsize="small")
+    bar_figure.text(0.5, 0.42, label, ha="center", va="top", fontsize="small", wrap=True)
+    level_axes = level_figure.subplots()
+    _draw_levels(level_axes, levels, triplet, by_face=by_face, threshold=threshold,
+                 with_range=normalize == "coverage")
     if title is not None:
         figure.suptitle(title)
     if path is not None:
@@ -134,17 +206,101 @@ def plot_triplet(
     return figure
 
 
-def _centred(triplet: srise.TripletSaliency) -> srise.TripletSaliency:
-    """Each map minus the mean of the scores that weighed it."""
-    def pair(p: srise.PairSaliency) -> srise.PairSaliency:
-        return p._replace(saliency_a=p.saliency_a - p.scores_a.mean(),
-                          saliency_b=p.saliency_b - p.scores_b.mean())
-    return srise.TripletSaliency(pair(triplet.mate), pair(triplet.nonmate))
+class _Level(NamedTuple):
+    """A map's values and the mean and range of the masked scores that weighed it."""
+
+    values: np.ndarray
+    mean: float
+    low: float
+    high: float
 
 
-def _score_text(values: Mapping[str, float]) -> str:
-    return "  ".join(f"{key} {'n/a' if np.isnan(value) else f'{value:.3f}'}"
-                     for key, value in values.items())
+def _levels(triplet: srise.TripletSaliency) -> dict[str, _Level]:
+    """Each map with its masked scores' mean and range, by `MAP_NAMES`."""
+    maps = (triplet.mate.saliency_a, triplet.mate.saliency_b,
+            triplet.nonmate.saliency_a, triplet.nonmate.saliency_b)
+    scores = (triplet.mate.scores_a, triplet.mate.scores_b,
+              triplet.nonmate.scores_a, triplet.nonmate.scores_b)
+    levels = {}
+    for name, saliency, masked in zip(MAP_NAMES, maps, scores):
+        values, masked = np.asarray(saliency, np.float32), np.asarray(masked, np.float64)
+        if not (np.isfinite(values).all() and np.isfinite(masked).all()):
+            raise ValueError(f"map {name} or its masked scores hold NaN or infinite values: "
+                             f"the model's embeddings were not finite")
+        levels[name] = _Level(values, float(masked.mean()), float(masked.min()),
+                              float(masked.max()))
+    return levels
+
+
+def _check_coverage(levels: Mapping[str, _Level]) -> None:
+    """Coverage maps are weighted means of their scores: anything else is mislabelled."""
+    for name, level in levels.items():
+        # float32 sums of a few thousand terms: a relative error far below 1e-3.
+        slack = 1e-3 * max(abs(level.low), abs(level.high), level.high - level.low, 1e-3)
+        low, high = float(level.values.min()), float(level.values.max())
+        if not (level.low - slack <= low and high <= level.high + slack):
+            raise ValueError(
+                f"map {name} spans [{low:.4g}, {high:.4g}], outside its masked scores' "
+                f"range [{level.low:.4g}, {level.high:.4g}]: it is not a coverage-normalized "
+                f"map; pass normalize='none' for plain sums")
+
+
+def _draw_levels(axes, levels: Mapping[str, _Level], triplet: srise.TripletSaliency, *,
+                 by_face: Mapping[str, str], threshold: float | None,
+                 with_range: bool) -> None:
+    """Where each map lies in cosine units: the paper's "shallower" cue, made explicit."""
+    axes.set_label("levels")
+    rows = range(len(MAP_NAMES), 0, -1)  # the first map on top
+    similarities = [float(pair.similarity) for pair in triplet for _ in range(2)]
+    for row, (name, level), similarity in zip(rows, levels.items(), similarities):
+        colour = "C0" if name in MAP_NAMES[:2] else "C1"
+        legend = row == len(MAP_NAMES)  # one legend entry per kind of mark
+        if with_range:
+            (line,) = axes.plot([level.values.min(), level.values.max()], [row, row],
+                                color=colour, linewidth=6, solid_capstyle="butt", alpha=0.6,
+                                label="map's range" if legend else None)
+            line.set_gid(f"{name} range")
+        (dot,) = axes.plot([level.mean], [row], "o", color=colour, markersize=5,
+                           label="mean masked cosine" if legend else None)
+        dot.set_gid(f"{name} mean")
+        axes.plot([similarity], [row], "|", color=colour, markersize=12, markeredgewidth=2,
+                  label="the pair's cosine" if legend else None)
+    if threshold is not None:
+        axes.axvline(threshold, color="black", linestyle="--", linewidth=1,
+                     label=f"threshold {threshold:g}")
+    axes.set_yticks(list(rows), [" vs ".join(by_face[face] for face in name.split("_vs_"))
+                                 for name in MAP_NAMES],
+                    fontsize="x-small")
+    axes.set_ylim(0.4, len(MAP_NAMES) + 0.6)
+    axes.tick_params(axis="x", labelsize="x-small")
+    axes.set_xlabel("cosine similarity", fontsize="small")
+    axes.set_title("each map's level in cosine units: lower is shallower", fontsize="small")
+    axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def _decision_text(similarity: float, threshold: float | None) -> str:
+    """'cosine 0.934, match at 0.907': the verdict comes from the score alone."""
+    if threshold is None:
+        return f"cosine {similarity:.3f}"
+    verdict = "match" if similarity >= threshold else "no match"
+    return f"cosine {similarity:.3f}, {verdict} at {threshold:.3f}"
+
+
+def fraction_text(value: MetricResult | float) -> str:
+    """A Deletion/Insertion fraction as printed: "0.125", or "n/a (why)".
+
+    Args:
+      value: a `metrics.MetricResult` or its fraction as a float.
+
+    Returns:
+      The fraction with three decimals; for NaN "n/a", followed by the short
+      reason (`metrics.REASON_TEXT`) when `value` is a `MetricResult`.
+    """
+    fraction = float(value.fraction if isinstance(value, MetricResult) else value)
+    if not np.isnan(fraction):
+        return f"{fraction:.3f}"
+    reason = metrics.undefined_reason(value) if isinstance(value, MetricResult) else None
+    return "n/a" if reason is None else f"n/a ({metrics.REASON_TEXT[reason]})"
 
 
 def plot_curves(
@@ -158,8 +314,8 @@ def plot_curves(
 
     Each curve is drawn where it was evaluated (a `MetricResult` leaves NaN
     after the search stopped, and -1 in unused count slots); the point where
-    the decision flipped is marked, and the legend gives the fraction ("n/a"
-    when it is NaN).
+    the decision flipped is marked, and the legend gives the fraction
+    (`fraction_text`: "n/a" and the reason when it is undefined).
 
     Args:
       results: {label: MetricResult}, e.g. {"deletion probe_vs_mate": ...}.
@@ -180,12 +336,11 @@ def plot_curves(
         fraction = float(result.fraction)
         (line,) = axes.plot(counts[seen] / num_pixels, curve[seen], marker=".",
                             markersize=3,
-                            label=f"{label}: {'n/a' if np.isnan(fraction) else f'{fraction:.3f}'}")
+                            label=f"{label}: {fraction_text(result)}")
+        # A defined fraction is where the decision flipped (one that never
+        # flips is undefined, NaN).
         if np.isfinite(fraction):
-            at = seen & (counts == round(fraction * num_pixels))
-            # The fraction is 1.0 also when the decision never flips: mark
-            # the point only where the curve has crossed the threshold.
-            flip = at & ((curve >= threshold) != (curve[0] >= threshold))
+            flip = seen & (counts == round(fraction * num_pixels))
             axes.plot(counts[flip] / num_pixels, curve[flip], linestyle="none", marker="o",
                       markersize=9, markerfacecolor="none", color=line.get_color())
     axes.axhline(threshold, color="black", linestyle="--", linewidth=1,

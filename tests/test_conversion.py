@@ -202,6 +202,25 @@ def test_bad_files_raise_one_clear_error_and_write_nothing(tmp_path, r18_state, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth"]
 
 
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (np.random.default_rng(0).bytes(4096), "neither the zip archive torch.save writes nor a pickle"),
+        (b"layer1.0.conv1.weight 0.5 0.25\n" * 8, "neither the zip archive torch.save writes nor a pickle"),
+        (b"", "an empty file"),
+    ],
+    ids=["random-bytes", "text", "empty"],
+)
+def test_files_that_are_no_pytorch_checkpoint_are_named_so(tmp_path, content, detail):
+    pth = tmp_path / "backbone.pth"
+    pth.write_bytes(content)
+    with pytest.raises(ConversionError) as info:
+        convert_file(pth, tmp_path / "out")
+    # Not "holds objects other than tensors": that is for real pickles of other objects.
+    assert str(info.value) == f"{pth}: not a PyTorch checkpoint ({detail})"
+    assert not (tmp_path / "out").exists()
+
+
 def test_code_in_a_pickle_is_never_run(tmp_path):
     marker = tmp_path / "pwned"
     pth = tmp_path / "evil.pth"

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from srise_jax.detect import (
+    MAX_SIDE,
     Faces,
     _area_resize,
     _area_resize_whole,
@@ -29,6 +30,7 @@ from srise_jax.detect import (
     _scales,
     compiled_shape_counts,
     detect_faces,
+    detection_image,
 )
 from srise_jax.models.mtcnn import load_mtcnn, pnet_apply
 
@@ -214,6 +216,51 @@ def test_wrong_image_values_are_refused(image, message):
 def test_wrong_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         detect_faces(np.zeros((64, 64, 3), np.float32), **options)
+
+
+# ---------------------------------------------------------------- large photos
+
+
+def test_a_large_image_is_scanned_as_block_means_within_max_side():
+    image = np.random.default_rng(0).integers(0, 256, (50, 37, 3), dtype=np.uint8)
+    pixels, shrink = detection_image(image, max_side=16)
+    # ceil(50 / 16) = 4: 12 x 9 blocks of 4 x 4, the last 2 rows and 1 column left out.
+    assert shrink == 4 and pixels.shape == (12, 9, 3) and pixels.dtype == np.float32
+    want = image[:48, :36].astype(np.float64).reshape(12, 4, 9, 4, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(pixels, want, rtol=1e-6)
+    from_float, _ = detection_image(image / 255.0, max_side=16)
+    np.testing.assert_allclose(from_float, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("height,width,shrink", [(9000, 40, 5), (4097, 4097, 3),
+                                                 (MAX_SIDE, 30, 1)])
+def test_the_scanned_image_never_exceeds_max_side(height, width, shrink):
+    # The detector's time and memory grow with the scanned pixels: this bound
+    # is what keeps a 9000x9000 photo from taking minutes and 14 GB.
+    image = np.zeros((height, width, 3), np.uint8)
+    pixels, factor = detection_image(image)
+    assert factor == shrink and max(pixels.shape[:2]) <= MAX_SIDE
+    assert pixels.shape[:2] == (height // shrink, width // shrink)
+
+
+def test_faces_found_on_a_shrunk_photo_are_in_the_photo_pixels():
+    # obama.jpg enlarged 3x (3072x2460, above MAX_SIDE) is scanned at half that
+    # size; boxes and landmarks come back in the enlarged photo's pixels, where
+    # pixel (x, y) of the original covers 3 (x + 0.5) - 0.5.
+    _, score, box, landmarks = FACENET_PYTORCH["obama"]
+    big = np.repeat(np.repeat(_photo("obama"), 3, axis=0), 3, axis=1)
+    assert max(big.shape[:2]) > MAX_SIDE
+    faces = detect_faces(big)
+    assert len(faces.scores) == 1 and faces.scores[0] > MIN_SCORE
+    # Within 3 original pixels (9 enlarged) of facenet-pytorch's landmarks on
+    # the original: the detector saw a different resolution, not a shifted face.
+    np.testing.assert_allclose(faces.landmarks[0], 3 * (np.array(landmarks) + 0.5) - 0.5, atol=9)
+    np.testing.assert_allclose(faces.boxes[0], 3 * (np.array(box) + 0.5) - 0.5, atol=24)
+
+
+def test_max_side_must_be_at_least_a_cell():
+    with pytest.raises(ValueError, match="max_side must be an int of at least 12"):
+        detect_faces(np.zeros((64, 64, 3), np.uint8), max_side=8)
 
 
 # ---------------------------------------------------------------- compiled shapes

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srise_jax.images import ImageError, ResizeWarning, load_face, synthetic_faces
+from srise_jax.images import (MAX_CROP_SIZE, MAX_PIXELS, ImageError, ResizeWarning, load_face,
+                              load_image, synthetic_faces)
 
 
 def _gradient(size=112):
@@ -134,3 +135,34 @@ def test_synthetic_faces_depend_on_the_seed_only():
     np.testing.assert_array_equal(synthetic_faces(3)[0], synthetic_faces(3)[0])
     assert not np.array_equal(synthetic_faces(3)[0], synthetic_faces(4)[0])
     assert synthetic_faces(0, size=64)[1].shape == (64, 64, 3)
+
+
+def test_a_small_file_with_a_huge_image_is_refused_before_decoding(tmp_path):
+    # A 10 KB PNG of 9000x9000 (1-bit, so making it costs 10 MB): decoded as
+    # float32 RGB it would take 1 GB, and the face detector minutes.
+    Image.new("1", (9000, 9000)).save(tmp_path / "huge.png")
+    assert 9000 * 9000 > MAX_PIXELS
+    with pytest.raises(ImageError, match=r"huge.png: 9000x9000 pixels \(81.0 megapixels\) "
+                                         r"is above the 50-megapixel limit"):
+        load_image(tmp_path / "huge.png")
+
+
+def test_the_pixel_limit_counts_width_times_height(tmp_path):
+    Image.fromarray(_gradient()[:30, :40]).save(tmp_path / "small.png")
+    assert load_image(tmp_path / "small.png", max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ImageError, match="40x30 pixels"):
+        load_image(tmp_path / "small.png", max_pixels=1199)
+
+
+@pytest.mark.parametrize("size", [0, MAX_CROP_SIZE + 1, 100_000, 112.0, True])
+def test_crop_sizes_outside_one_to_the_maximum_are_refused(tmp_path, size):
+    Image.fromarray(_gradient()).save(tmp_path / "face.png")
+    with pytest.raises(ValueError, match=rf"size must be an int in \[1, {MAX_CROP_SIZE}\]"):
+        load_face(tmp_path / "face.png", size=size)
+
+
+def test_the_largest_crop_size_is_accepted(tmp_path):
+    Image.fromarray(_gradient()).save(tmp_path / "face.png")
+    with pytest.warns(ResizeWarning):
+        face = load_face(tmp_path / "face.png", size=MAX_CROP_SIZE)
+    assert face.shape == (MAX_CROP_SIZE, MAX_CROP_SIZE, 3)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srise_jax.metrics import MetricResult, deletion, deletion_insertion, insertion
+from srise_jax.metrics import (MetricResult, deletion, deletion_insertion, insertion,
+                               similarity_curve, undefined_reason)
 
 METRICS = {"deletion": deletion, "insertion": insertion}
 THRESHOLD = 0.5
@@ -106,13 +107,26 @@ def flips(curve, name, threshold=THRESHOLD):
     return curve >= threshold if name == "insertion" else curve < threshold
 
 
-def numpy_fraction(curve, name, threshold=THRESHOLD):
+def numpy_reason(curve, name, threshold=THRESHOLD):
+    """Why the fraction is undefined, from the whole curve (None if defined).
+
+    The curve's last point is the unchanged image for Insertion, its first
+    for Deletion: both are cos(image, reference), the pair's own score.
+    """
     flipped = flips(curve, name, threshold)
+    if name == "insertion":
+        if curve[-1] < threshold:
+            return "rejected"
+        return "already_flipped" if flipped[0] else None
     if flipped[0]:
+        return "rejected"
+    return None if flipped.any() else "cannot_flip"
+
+
+def numpy_fraction(curve, name, threshold=THRESHOLD):
+    if numpy_reason(curve, name, threshold) is not None:
         return np.nan
-    if not flipped.any():
-        return 1.0
-    return np.argmax(flipped) / (len(curve) - 1)
+    return np.argmax(flips(curve, name, threshold)) / (len(curve) - 1)
 
 
 CASE = Case(size=32, top=8, left=12, side=8, seed=0)  # |R| = 64 of 1024 pixels
@@ -202,7 +216,39 @@ def test_nan_when_decision_already_flipped_before_any_change(name, step):
     assert flips(reference, name)[0]
     result = CASE.run(name, CASE.maps["ideal"], reference=CASE.nonmate, step=step)
     assert np.isnan(float(result.fraction))
+    # The pair (image, non-mate) is rejected: for Insertion that outranks
+    # the start image already matching.
+    assert undefined_reason(result) == numpy_reason(reference, name) == "rejected"
     assert float(result.curve[0]) == pytest.approx(reference[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("step", [1, 16])
+def test_insertion_whose_start_already_matches_an_accepted_pair(step):
+    # At threshold -1 every image matches, the pair included.
+    result = CASE.run("insertion", CASE.maps["ideal"], -1.0, step=step)
+    assert np.isnan(float(result.fraction))
+    assert undefined_reason(result) == "already_flipped"
+
+
+def test_insertion_on_a_rejected_pair_is_undefined_even_if_the_curve_crosses():
+    # A threshold between the full image's score and the curve's maximum:
+    # some partial insertion matches, yet the model rejects the pair itself,
+    # so the first crossing is not what the fraction asks about.
+    # The reference is Insertion's own image at count 32 of the ideal map
+    # (half of R restored), so the curve peaks at 1.0 there.
+    saliency = CASE.maps["ideal"]
+    order = np.argsort(-saliency.reshape(-1), kind="stable")
+    pixels = CASE.image.reshape(-1, 3)
+    partial = np.tile(pixels.mean(0), (CASE.num_pixels, 1))
+    partial[order[:32]] = pixels[order[:32]]
+    reference = partial.reshape(CASE.image.shape).astype(np.float32)
+    curve = CASE.numpy_curve("insertion", saliency, reference=reference)
+    assert curve.max() > curve[-1] + 1e-3, "the planted curve must overshoot"
+    threshold = (curve.max() + curve[-1]) / 2
+    assert flips(curve, "insertion", threshold).any() and curve[0] < threshold
+    result = CASE.run("insertion", saliency, threshold, reference=reference)
+    assert np.isnan(float(result.fraction))
+    assert undefined_reason(result) == "rejected"
 
 
 @pytest.mark.parametrize("name", ["deletion", "insertion"])
@@ -218,10 +264,13 @@ def test_similarity_equal_to_threshold_is_a_match(name):
         assert flip_again > flip  # cos == threshold is still a match
 
 
-@pytest.mark.parametrize("name, threshold", [("deletion", -1.5), ("insertion", 1.5)])
-def test_never_flipping_gives_one(name, threshold):
+@pytest.mark.parametrize("name, threshold, reason",
+                         [("deletion", -1.5, "cannot_flip"), ("insertion", 1.5, "rejected")])
+def test_never_flipping_is_undefined_not_one(name, threshold, reason):
+    # 1.0 would be a score that every map gets alike.
     result = CASE.run(name, CASE.maps["random"], threshold, step=16)
-    assert float(result.fraction) == 1.0
+    assert np.isnan(float(result.fraction))
+    assert undefined_reason(result) == reason
     grid = np.asarray(result.counts) % 16 == 0
     assert not np.isnan(np.asarray(result.curve)[grid]).any()  # walked to H*W
 
@@ -270,3 +319,46 @@ def test_rejects_bad_arguments(saliency, step, batch_size):
             CASE.embed_fn, CASE.params, CASE.image, CASE.mate, saliency, THRESHOLD,
             step=step, batch_size=batch_size,
         )
+
+
+@pytest.mark.parametrize("name", ["deletion", "insertion"])
+def test_defined_fraction_has_no_reason(name):
+    result = CASE.run(name, CASE.maps["ideal"])
+    assert np.isfinite(float(result.fraction)) and undefined_reason(result) is None
+    assert int(result.reason) == 0
+
+
+def test_bad_values_raise_eagerly_and_are_invalid_under_jit():
+    saliency = CASE.maps["random"].copy()
+    saliency[3, 4] = np.nan
+    image = CASE.image.copy()
+    image[0, 0, 1] = np.inf
+    args = (CASE.embed_fn, CASE.params)
+    with pytest.raises(ValueError, match="threshold holds 1 NaN"):
+        deletion(*args, CASE.image, CASE.mate, CASE.maps["random"], np.nan, step=16)
+    with pytest.raises(ValueError, match="saliency holds 1 NaN"):
+        insertion(*args, CASE.image, CASE.mate, saliency, THRESHOLD, step=16)
+    with pytest.raises(ValueError, match="image holds 1 NaN"):
+        deletion(*args, image, CASE.mate, CASE.maps["random"], THRESHOLD, step=16)
+    with pytest.raises(ValueError, match="saliency holds"):
+        similarity_curve(*args, CASE.image, CASE.mate, saliency, mode="deletion")
+    # Traced values cannot raise: the result says why it is undefined.
+    for name, values in (("deletion", (CASE.image, CASE.maps["random"], np.nan)),
+                         ("insertion", (CASE.image, saliency, THRESHOLD)),
+                         ("deletion", (image, CASE.maps["random"], THRESHOLD))):
+        picture, smap, threshold = values
+        result = CASE.run(name, smap, threshold, step=16) if picture is CASE.image \
+            else _jitted(name, CASE.embed_fn, 16, 16)(CASE.params, picture, CASE.mate,
+                                                      smap, threshold)
+        assert np.isnan(float(result.fraction))
+        assert undefined_reason(result) == "invalid_input"
+
+
+def test_integer_images_are_refused_by_dtype():
+    as_bytes = np.round(CASE.image * 255).astype(np.uint8)
+    with pytest.raises(TypeError, match="image has dtype uint8"):
+        deletion(CASE.embed_fn, CASE.params, as_bytes, CASE.mate, CASE.maps["ideal"],
+                 THRESHOLD, step=16)
+    with pytest.raises(TypeError, match="reference has dtype uint8"):
+        insertion(CASE.embed_fn, CASE.params, CASE.image, as_bytes, CASE.maps["ideal"],
+                  THRESHOLD, step=16)

@@ -29,3 +29,24 @@ def test_unknown_names_and_kinds_are_clear_errors():
         registry.get_explainer("nope")
     with pytest.raises(ValueError, match="kind must be one of"):
         registry.register("x", kind="magic")
+
+
+@pytest.mark.parametrize("name", ["gradient", "srise", "integrated_gradients"])
+def test_registered_explainers_refuse_integer_nan_and_mismatched_images(name):
+    import jax
+    import numpy as np
+
+    def embed_fn(params, images):  # never reached: the checks come first
+        raise AssertionError("the explainer ran on a bad input")
+
+    explainer = registry.get_explainer(name)
+    image = np.full((8, 8, 3), 0.5, np.float32)
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match="image has dtype uint8"):
+        explainer(embed_fn, None, (image * 255).astype(np.uint8), image, key)
+    broken = image.copy()
+    broken[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="reference holds 1 NaN"):
+        explainer(embed_fn, None, image, broken, key)
+    with pytest.raises(ValueError, match=r"image \(8, 8, 3\), reference \(8, 6, 3\)"):
+        explainer(embed_fn, None, image, image[:, :6], key)

@@ -243,51 +243,98 @@ def test_bad_arguments_raise_clear_errors(key, planted_region):
         srise.SRiseConfig(normalize="sum")
     with pytest.raises(ValueError, match="masks must be"):
         srise.srise_pair(embed_fn, params, probe, mate, jnp.ones((4, 16, 16)))
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(ValueError, match=r"image_a \(32, 32, 3\), image_b \(16, 32, 3\)"):
         srise.srise_pair(embed_fn, params, probe, mate[:16],
                          jnp.ones((4, 32, 32)))
 
 
+def test_integer_or_non_finite_images_are_refused(key, planted_region):
+    # uint8 images would turn the masks' fractional weights into zeros and
+    # give maps up to 0.5 away from the float image's; a NaN pixel makes
+    # every map NaN.
+    embed_fn, params, _, probe, mate = planted_region
+    as_bytes = np.round(np.asarray(probe) * 255).astype(np.uint8)
+    with pytest.raises(TypeError, match="probe has dtype uint8"):
+        srise.srise_triplet(embed_fn, params, as_bytes, mate, 1 - probe, key, SMALL)
+    with pytest.raises(TypeError, match="image_b has dtype uint8"):
+        srise.srise_pair(embed_fn, params, probe, as_bytes, small_masks(key, 4))
+    broken = np.asarray(probe).copy()
+    broken[5, 6, 0] = np.nan
+    with pytest.raises(ValueError, match="nonmate holds 1 NaN or infinite value"):
+        srise.srise_triplet(embed_fn, params, probe, mate, broken, key, SMALL)
+    masks = np.asarray(small_masks(key, 4)).copy()
+    masks[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="masks holds 1 NaN"):
+        srise.srise_pair(embed_fn, params, probe, mate, masks)
+
+
 MESH_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import itertools, json, sys
     import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import AxisType
     sys.path.insert(0, sys.argv[1])
     from conftest import region_embed
-    from srise_jax import srise
+    from srise_jax import masks as masks_lib, srise
     assert jax.device_count() == 4, jax.devices()
     embed_fn = region_embed((8, 16, 12, 20))
     params = {"const": jnp.full((64,), 0.5), "offset": jnp.float32(0.0)}
     k1, k2 = jax.random.split(jax.random.key(3))
     probe = jax.random.uniform(k1, (32, 32, 3))
     mate = jax.random.uniform(k2, (32, 32, 3))
-    config = srise.SRiseConfig(num_masks=100, num_patches=6, kernel_size=9,
-                               sigma=2.5, batch_size=8)
-    mesh = jax.make_mesh((4,), ("masks",))
-    run = jax.jit(srise.srise_triplet, static_argnums=(0, 6),
-                  static_argnames=("mesh",))
-    one = run(embed_fn, params, probe, mate, 1 - probe, jax.random.key(0),
-              config)
-    auto = jax.make_mesh((2, 2), ("x", "y"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    diff = 0.0
-    for m in (mesh, auto):
-        four = run(embed_fn, params, probe, mate, 1 - probe,
-                   jax.random.key(0), config, mesh=m)
-        diff = max([diff] + [float(jnp.max(jnp.abs(a - b))) for a, b in
-                             zip(jax.tree.leaves(one), jax.tree.leaves(four))])
-    print(json.dumps({"diff": diff, "shape": list(four.mate.scores_a.shape)}))
+    triplet = jax.jit(srise.srise_triplet, static_argnums=(0, 6),
+                      static_argnames=("mesh",))
+    pair = jax.jit(srise.srise_pair, static_argnums=(0,),
+                   static_argnames=("mesh", "batch_size"))
+    out = {}
+    # N = 100 divides 4 devices; N = 37 divides neither 3 nor 4, so the
+    # masks are padded and the padding must vanish from the scores.
+    for num, devices in ((100, 4), (37, 3), (37, 4)):
+        masks = masks_lib.gaussian_masks(jax.random.key(1), num, (32, 32),
+                                         num_patches=6, kernel_size=9, sigma=2.5)
+        meshes = {"explicit": jax.make_mesh((devices,), ("masks",),
+                                            devices=jax.devices()[:devices])}
+        if devices == 3:
+            meshes["auto"] = jax.make_mesh((3,), ("masks",),
+                                           axis_types=(AxisType.Auto,),
+                                           devices=jax.devices()[:3])
+        elif num == 37:
+            meshes["auto2d"] = jax.make_mesh((2, 2), ("x", "y"),
+                                             axis_types=(AxisType.Auto,) * 2)
+        for share in (False, True) if num == 37 else (False,):
+            config = srise.SRiseConfig(num_masks=num, num_patches=6, kernel_size=9,
+                                       sigma=2.5, batch_size=8,
+                                       share_probe_masks=share)
+            one = triplet(embed_fn, params, probe, mate, 1 - probe,
+                          jax.random.key(0), config)
+            for name, mesh in meshes.items():
+                many = triplet(embed_fn, params, probe, mate, 1 - probe,
+                               jax.random.key(0), config, mesh=mesh)
+                out[f"triplet N={num} d={devices} {name} share={share}"] = (
+                    max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                        zip(jax.tree.leaves(one), jax.tree.leaves(many))),
+                    many.nonmate.scores_b.shape[0])
+        one = pair(embed_fn, params, probe, mate, masks, batch_size=8)
+        for name, mesh in meshes.items():
+            many = pair(embed_fn, params, probe, mate, masks, batch_size=8, mesh=mesh)
+            out[f"pair N={num} d={devices} {name}"] = (
+                max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                    zip(jax.tree.leaves(one), jax.tree.leaves(many))),
+                many.scores_a.shape[0])
+    print(json.dumps(out))
 """)
 
 
-def test_four_cpu_devices_equal_one_device(tmp_path):
+def test_any_num_masks_on_any_device_count_equals_one_device(tmp_path):
     script = tmp_path / "mesh.py"
     script.write_text(MESH_SCRIPT)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     tests_dir = os.path.dirname(__file__)
     proc = subprocess.run([sys.executable, str(script), tests_dir], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["shape"] == [100]
-    assert result["diff"] <= 1e-5
+    assert len(result) == 2 + 6 + 6, sorted(result)
+    for case, (diff, num) in result.items():
+        assert num == int(case.split("N=")[1].split()[0]), case
+        assert diff <= 1e-5, (case, diff)

@@ -1,13 +1,16 @@
-"""Tests for srise_jax.viz: the figures are valid PNGs, the four maps share one scale."""
+"""Tests for srise_jax.viz: valid PNGs, one colour scale, labels by the model's decision."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from matplotlib.image import AxesImage
+from matplotlib.text import Text
 from PIL import Image
 
 from srise_jax import metrics, srise, viz
 from srise_jax.images import synthetic_faces
+
+OCCLUSION_ROLES = ("probe", "mate", "probe with a surgical mask")
 
 
 def _blob(cy, cx, height):
@@ -17,16 +20,34 @@ def _blob(cy, cx, height):
 
 
 def _pair(map_a, map_b, similarity):
-    scores = jnp.zeros(4, jnp.float32)
-    return srise.PairSaliency(map_a, map_b, scores, scores, jnp.float32(similarity))
+    """A planted coverage-normalized pair: each map's pixel values serve as its
+    masked scores, so the map lies within their range and their mean is its mean."""
+    return srise.PairSaliency(map_a, map_b, map_a.ravel(), map_b.ravel(),
+                              jnp.float32(similarity))
+
+
+def _triplet(level_mate, peak_mate, level_nonmate, peak_nonmate, *, mate=0.96, nonmate=0.83):
+    return srise.TripletSaliency(
+        _pair(_blob(45, 40, peak_mate) + level_mate, _blob(45, 70, peak_mate) + level_mate,
+              mate),
+        _pair(_blob(80, 56, peak_nonmate) + level_nonmate,
+              _blob(45, 56, peak_nonmate) + level_nonmate, nonmate))
 
 
 @pytest.fixture
 def triplet():
-    """Maps whose non-match pair peaks at 0.4, the match pair at 1.0, over an offset."""
-    return srise.TripletSaliency(
-        _pair(_blob(45, 40, 1.0) + 0.2, _blob(45, 70, 0.9) + 0.2, 0.83),
-        _pair(_blob(80, 56, 0.4) + 0.2, _blob(45, 56, 0.3) + 0.2, 0.21))
+    """Coverage maps: the match pair's at 0.87 with 0.02-high blobs, the
+    non-match pair's lower (0.82) with 0.008-high blobs."""
+    return _triplet(0.87, 0.02, 0.82, 0.008)
+
+
+@pytest.fixture
+def plain_sums():
+    """Plain sums of 100 masks (normalize="none"): values in the tens, not cosines."""
+    pair = lambda peak, similarity: srise.PairSaliency(
+        _blob(50, 56, peak) + 20.0, _blob(50, 56, peak) + 20.0, jnp.full(4, 0.85),
+        jnp.full(4, 0.85), jnp.float32(similarity))
+    return srise.TripletSaliency(pair(38.0, 0.96), pair(30.0, 0.83))
 
 
 @pytest.fixture
@@ -39,6 +60,23 @@ def _overlays(figure):
             if image.get_gid() is not None}
 
 
+def _texts(figure):
+    return [text.get_text() for text in figure.findobj(Text) if text.get_text()]
+
+
+def _axes(figure, label):
+    (axes,) = [axes for axes in figure.findobj(lambda a: hasattr(a, "get_label")
+                                               and a.get_label() == label)
+               if hasattr(axes, "get_xlim")]
+    return axes
+
+
+def _level_marks(figure):
+    levels = _axes(figure, "levels")
+    return {line.get_gid(): np.asarray(line.get_xdata()) for line in levels.get_lines()
+            if line.get_gid() is not None}
+
+
 def test_triplet_png_has_the_figure_size_and_nothing_else_is_left(tmp_path, faces, triplet):
     path = tmp_path / "triplet.png"
     figure = viz.plot_triplet(*faces, triplet, path=path, title="t")
@@ -49,35 +87,121 @@ def test_triplet_png_has_the_figure_size_and_nothing_else_is_left(tmp_path, face
     assert [p.name for p in tmp_path.iterdir()] == ["triplet.png"]
 
 
-def test_four_maps_share_one_colour_scale_from_normalize_jointly(faces, triplet):
-    figure = viz.plot_triplet(*faces, triplet)
+def test_self_occlusion_pair_is_titled_a_match_when_its_cosine_passes(faces):
+    # The demo's occlusion triplet: the model accepts the probe with a
+    # surgical mask (0.934 >= 0.907); the title must say so, whatever the
+    # face's position, and a rejected "mate" must not be called a match.
+    triplet = _triplet(0.87, 0.02, 0.86, 0.01, mate=0.52, nonmate=0.934)
+    texts = _texts(viz.plot_triplet(*faces, triplet, threshold=0.907, roles=OCCLUSION_ROLES))
+    assert "probe vs probe with a surgical mask\ncosine 0.934, match at 0.907" in texts
+    assert "probe vs mate\ncosine 0.520, no match at 0.907" in texts
+    assert not any("non-match" in text or "match pair" in text for text in texts)
+
+
+def test_without_a_threshold_the_titles_give_no_verdict(faces, triplet):
+    texts = _texts(viz.plot_triplet(*faces, triplet))
+    assert "probe vs mate\ncosine 0.960" in texts
+    assert "probe vs nonmate\ncosine 0.830" in texts
+    assert not any("match" in text for text in texts)
+
+
+def test_roles_name_the_faces_and_the_level_rows(faces, triplet):
+    figure = viz.plot_triplet(*faces, triplet, threshold=0.907, roles=OCCLUSION_ROLES)
+    texts = _texts(figure)
+    assert texts.count("probe with a surgical mask") == 1  # the fourth face's title
+    assert not any("nonmate" in text for text in texts)
+    rows = [label.get_text() for label in _axes(figure, "levels").get_yticklabels()]
+    assert rows == ["probe vs mate", "mate vs probe", "probe vs probe with a surgical mask",
+                    "probe with a surgical mask vs probe"]
+
+
+def test_default_view_keeps_the_structure_and_the_non_match_maps_shallower(faces, triplet):
+    figure = viz.plot_triplet(*faces, triplet, threshold=0.907)
     overlays = _overlays(figure)
     assert tuple(overlays) == viz.MAP_NAMES
+    # Structure: each map minus its mean masked score, all four on one scale
+    # centred on zero whose ends are the largest deviation; the match map's
+    # 0.02 blob fills it, the non-match maps' 0.008 blobs stay shallower.
+    maps = dict(zip(viz.MAP_NAMES, (m for pair in triplet for m in pair[:2])))
+    deviations = {name: np.asarray(m) - float(np.mean(m)) for name, m in maps.items()}
+    limit = max(np.abs(d).max() for d in deviations.values())
+    assert {image.get_clim() for image in overlays.values()} == {(-limit, limit)}
+    for name, image in overlays.items():
+        np.testing.assert_allclose(image.get_array(), deviations[name], atol=1e-6)
+    spread = {name: float(np.ptp(image.get_array())) for name, image in overlays.items()}
+    assert spread["probe_vs_mate"] == pytest.approx(0.02, rel=0.01)
+    assert spread["probe_vs_nonmate"] < 0.5 * spread["probe_vs_mate"]
+    # Level, the paper's cue: the non-match maps are drawn at their own lower
+    # cosines (0.82 + a little), the match maps at 0.87 + a little.
+    marks = _level_marks(figure)
+    for name, m in maps.items():
+        np.testing.assert_allclose(marks[f"{name} range"], [np.min(m), np.max(m)], rtol=1e-6)
+        np.testing.assert_allclose(marks[f"{name} mean"], [np.mean(m)], rtol=1e-6)
+    match_low = min(marks[f"{name} range"].min() for name in viz.MAP_NAMES[:2])
+    non_match_high = max(marks[f"{name} range"].max() for name in viz.MAP_NAMES[2:])
+    assert non_match_high < match_low
+    titles = _texts(figure)
+    assert f"mean masked cosine {np.mean(maps['probe_vs_nonmate']):.3f}" in titles
+
+
+def test_equal_structure_at_a_lower_level_is_still_drawn_lower(faces):
+    # Same blobs, one pair 0.05 lower: relative overlays are alike, and only
+    # the level panel can show which pair the model finds less similar.
+    triplet = _triplet(0.87, 0.01, 0.82, 0.01)
+    marks = _level_marks(viz.plot_triplet(*faces, triplet))
+    assert marks["probe_vs_mate mean"][0] - marks["probe_vs_nonmate mean"][0] == \
+        pytest.approx(0.05, abs=1e-3)
+
+
+def test_plain_sums_are_shown_jointly_scaled_and_labelled_as_plain_sums(faces, plain_sums):
+    figure = viz.plot_triplet(*faces, plain_sums, normalize="none")
+    overlays = _overlays(figure)
     assert {image.get_clim() for image in overlays.values()} == {(0.0, 1.0)}
     expected = dict(zip(viz.MAP_NAMES, (
-        m for pair in srise.normalize_jointly(triplet)
-        for m in (pair.saliency_a, pair.saliency_b))))
+        m for pair in srise.normalize_jointly(plain_sums) for m in pair[:2])))
     for name, image in overlays.items():
         np.testing.assert_allclose(image.get_array(), expected[name], atol=1e-6)
-    # One scale for all four: the shallower non-match maps stay shallow,
-    # where per-map scaling would stretch each to [0, 1].
+    # One scale for all four: the lower-scoring pair's sums stay shallower.
     assert overlays["probe_vs_mate"].get_array().max() == pytest.approx(1.0)
-    assert overlays["probe_vs_nonmate"].get_array().max() < 0.5
-    assert overlays["probe_vs_mate"].get_array().min() == pytest.approx(0.0, abs=1e-3)
+    assert overlays["probe_vs_nonmate"].get_array().max() < 0.9
+    bar = _axes(figure, "colorbar")
+    assert bar.get_xlim() == (0.0, 1.0)
+    labels = [text for text in _texts(figure) if "scale" in text]
+    assert len(labels) == 1
+    assert "plain sum" in labels[0] and "jointly" in labels[0]
+    assert "mean" not in labels[0] and "minus" not in labels[0]
+    # Plain sums are not cosines: the level panel draws no map ranges.
+    assert not any(gid.endswith("range") for gid in _level_marks(figure))
 
 
-def test_colour_bar_uses_the_overlays_scale(faces, triplet):
+def test_colour_bar_spans_the_overlays_scale(faces, triplet):
     figure = viz.plot_triplet(*faces, triplet)
-    bars = [axes for axes in figure.get_axes() if axes.get_label() == "colorbar"]
-    assert len(bars) == 1
-    assert bars[0].get_xlim() == (0.0, 1.0)
+    (clim,) = {image.get_clim() for image in _overlays(figure).values()}
+    np.testing.assert_allclose(_axes(figure, "colorbar").get_xlim(), clim)
+
+
+def test_plain_sums_called_coverage_maps_are_refused(faces, plain_sums):
+    with pytest.raises(ValueError, match="not a coverage-normalized map.*normalize='none'"):
+        viz.plot_triplet(*faces, plain_sums)
 
 
 def test_scores_are_written_under_each_map(faces, triplet):
     scores = {name: {"deletion": 0.125, "insertion": float("nan")} for name in viz.MAP_NAMES}
     figure = viz.plot_triplet(*faces, triplet, scores=scores)
     labels = [axes.get_xlabel() for axes in figure.get_axes() if axes.get_xlabel()]
-    assert labels.count("deletion 0.125  insertion n/a") == 4
+    assert labels.count("deletion 0.125\ninsertion n/a") == 4
+
+
+def test_undefined_metric_prints_its_reason(planted_region):
+    embed_fn, params, (y0, y1, x0, x1), probe, mate = planted_region
+    saliency = jnp.zeros((32, 32)).at[y0:y1, x0:x1].set(1.0)
+    # The planted pair starts at cosine 0.997: at threshold 0.999 it is
+    # rejected, so deletion has no match to break.
+    result = metrics.deletion(embed_fn, params, probe, mate, saliency, 0.999, step=8,
+                              batch_size=16)
+    assert viz.fraction_text(result) == f"n/a ({metrics.REASON_TEXT['rejected']})"
+    assert viz.fraction_text(float("nan")) == "n/a"
+    assert viz.fraction_text(0.1234) == "0.123"
 
 
 def test_scores_must_cover_all_four_maps(faces, triplet):
@@ -93,8 +217,10 @@ def test_curves_skip_unevaluated_points_and_mark_the_flip(tmp_path, planted_regi
     result = metrics.deletion(embed_fn, params, probe, mate, saliency, 0.96, step=8,
                               batch_size=16)
     assert np.isfinite(result.fraction) and result.fraction < 1.0
-    never = metrics.MetricResult(jnp.float32(1.0), jnp.asarray([0, 512, 1024]),
-                                 jnp.asarray([0.99, 0.98, 0.97], jnp.float32))
+    # At threshold 0.5 not even the fully deleted image is rejected.
+    never = metrics.deletion(embed_fn, params, probe, mate, saliency, 0.5, step=8,
+                             batch_size=16)
+    assert metrics.undefined_reason(never) == "cannot_flip"
     path = tmp_path / "curves.png"
     figure = viz.plot_curves({"deletion": result, "never": never}, threshold=0.96, path=path)
     with Image.open(path) as image:
@@ -108,9 +234,11 @@ def test_curves_skip_unevaluated_points_and_mark_the_flip(tmp_path, planted_regi
                                 & np.isfinite(np.asarray(result.curve))))
     markers = [line for line in axes.get_lines() if line.get_marker() == "o"]
     # The deletion curve crossed the threshold: marked at its fraction. The
-    # "never" curve ends at 1.0 without crossing: its marker line is empty.
+    # "never" curve has no fraction: no marker, and the legend says why.
     marked = [line.get_xdata() for line in markers if len(line.get_xdata())]
     assert len(marked) == 1
+    assert curves["never"].get_label() == \
+        f"never: n/a ({metrics.REASON_TEXT['cannot_flip']})"
     np.testing.assert_allclose(marked[0], [result.fraction], rtol=1e-6)
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 0.96
                for line in axes.get_lines())
@@ -135,23 +263,3 @@ def test_atomic_file_has_ordinary_permissions(tmp_path):
     ordinary = tmp_path / "ordinary.bin"
     ordinary.write_bytes(b"")
     assert path.stat().st_mode == ordinary.stat().st_mode
-
-
-def test_relative_view_removes_each_pairs_mean_score(faces):
-    """Coverage maps sit near their pair's mean score: the offset must not hide the structure."""
-    def pair(offset, peak, similarity):
-        blob = _blob(50, 56, peak)
-        scores = jnp.full(4, offset, jnp.float32)
-        return srise.PairSaliency(blob + offset, blob + offset, scores, scores,
-                                  jnp.float32(similarity))
-
-    triplet = srise.TripletSaliency(pair(0.7, 0.05, 0.8), pair(0.1, 0.02, 0.2))
-    absolute = _overlays(viz.plot_triplet(*faces, triplet, relative=False))
-    relative = _overlays(viz.plot_triplet(*faces, triplet))
-    spread = lambda image: float(np.ptp(image.get_array()))
-    # As they are, the 0.6 offset between pairs takes the whole scale.
-    assert spread(absolute["probe_vs_mate"]) < 0.1
-    # Relative to each pair's mean, the match map's blob fills the scale and
-    # the weaker non-match blob stays shallower on the same scale.
-    assert spread(relative["probe_vs_mate"]) == pytest.approx(1.0, abs=1e-3)
-    assert 0.2 < spread(relative["probe_vs_nonmate"]) < 0.6

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from srise_jax.models.iresnet import ARCH_BLOCKS, abstract_variables
 from weights_conversion.common import (
     ConversionError,
     as_float32,
+    check_destination,
     first_sentence,
     key_list,
     run_conversion,
@@ -50,6 +49,10 @@ _TORCH_LEAF = {
 _BN_COUNTER = "num_batches_tracked"
 _DATA_PARALLEL_PREFIX = "module."
 _BLOCK_KEY = re.compile(r"layer([1-4])\.(\d+)\.")
+# torch.save writes a zip archive (a local file header first); files of
+# torch < 1.6 and plain pickles start with the PROTO opcode and a protocol number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOLS = range(2, 6)
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,10 +153,26 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, arch: str | None = None
     return _convert(state_dict, arch)[1]
 
 
+def _looks_like_torch_file(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a zip archive or a pickle, the two forms torch.load reads."""
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS
+    return head.startswith(_ZIP_MAGIC) or is_pickle
+
+
 def _load_state_dict(pth: Path) -> Any:
     """Whatever a ``.pth`` file holds, read with ``torch.load(weights_only=True)``."""
     if not pth.is_file():
         raise ConversionError(f"{pth}: no such file")
+    try:
+        with open(pth, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError as err:
+        raise ConversionError(f"{pth}: cannot read ({err.strerror})") from None
+    # Otherwise torch's unpickler meets the first stray byte and reports a
+    # file "with objects other than tensors", which random bytes are not.
+    if not _looks_like_torch_file(head):
+        what = "an empty file" if not head else "neither the zip archive torch.save writes nor a pickle"
+        raise ConversionError(f"{pth}: not a PyTorch checkpoint ({what})")
     try:
         import torch  # lazily: torch is an optional extra, needed only to convert
     except ImportError:
@@ -174,32 +193,6 @@ def _load_state_dict(pth: Path) -> Any:
         raise ConversionError(f"{pth}: not a readable PyTorch file (truncated?): {first_sentence(err)}") from None
 
 
-def _check_destination(out_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to replace an existing non-empty destination unless asked to."""
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        return
-    if out_dir.exists() and not overwrite:
-        raise ConversionError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it")
-
-
-def _write_atomically(variables: Any, out_dir: Path, *, arch: str, source: str) -> Path:
-    """Save into a staging directory beside ``out_dir``, then rename it into place.
-
-    A crash midway leaves at most a hidden staging directory, never a partial
-    ``out_dir``.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", suffix=".tmp", dir=out_dir.parent))
-    try:
-        staged = save_arcface(variables, staging / "new", arch=arch, source=source)
-        if out_dir.exists():
-            out_dir.rename(staging / "old")  # deleted with the staging directory
-        staged.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
-
-
 def convert_file(
     pth: str | Path, out_dir: str | Path, *, arch: str | None = None, overwrite: bool = False
 ) -> Path:
@@ -217,16 +210,18 @@ def convert_file(
     Raises:
       ConversionError: the file cannot be converted or ``out_dir`` is taken;
         ``out_dir`` is then left as it was (absent if it was absent).
+      OSError: ``out_dir`` cannot be written (the message names it); nothing
+        partial is left behind.
     """
     pth = Path(pth)
     out_dir = Path(out_dir).resolve()
-    _check_destination(out_dir, overwrite=overwrite)
+    check_destination(out_dir, overwrite=overwrite)
     state_dict = _load_state_dict(pth)
     try:
         arch, variables = _convert(state_dict, arch)
     except ConversionError as err:
         raise ConversionError(f"{pth}: {err}") from None
-    return _write_atomically(variables, out_dir, arch=arch, source=pth.name)
+    return save_arcface(variables, out_dir, arch=arch, source=pth.name, overwrite=overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: arguments without the program name; ``sys.argv[1:]`` when None.
 
     Returns:
-      The exit status: 0 on success, 2 on a conversion error.
+      The exit status: 0 on success, 2 on a conversion error or an unwritable ``out_dir``.
     """
     parser = argparse.ArgumentParser(
         prog="python -m weights_conversion.arcface",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,50 @@ def first_sentence(err: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0]
 
 
+def check_destination(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to replace an existing non-empty destination unless asked to.
+
+    Converters call this before reading their input, so that a taken
+    destination is reported before a long conversion rather than after it.
+
+    Args:
+      out_dir: the checkpoint directory a converter is about to write.
+      overwrite: whether replacing it was asked for (``--overwrite``).
+
+    Raises:
+      ConversionError: ``out_dir`` exists, is not an empty directory, and
+        ``overwrite`` is False.
+    """
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        return
+    if (out_dir.exists() or out_dir.is_symlink()) and not overwrite:
+        raise ConversionError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it")
+
+
 def run_conversion(convert: Callable[[], Path]) -> int:
-    """Run one conversion for a command line: ``wrote OUT`` and 0, or ``error: ...`` and 2."""
-    try:
-        out = convert()
-    except ConversionError as err:
-        print(f"error: {err}", file=sys.stderr)
+    """Run one conversion for a command line.
+
+    Prints ``wrote OUT`` and returns 0, or prints ``error: ...`` (one line) and
+    returns 2 for an unconvertible input or an unwritable destination; each
+    warning is one ``warning: ...`` line.
+
+    Args:
+      convert: does the work; returns the directory written.
+
+    Returns:
+      The exit status.
+    """
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = convert()
+        except (ConversionError, OSError) as err:
+            error = (str(err).strip() or type(err).__name__).splitlines()[0]
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

