@@ -15,6 +15,8 @@ for ablations (presets) in `srise_jax.ablation`, the command line in
 from srise_jax.align import (
     ARCFACE_112,
     DLIB_150,
+    MIN_CONFIDENT_SCORE,
+    LowScoreWarning,
     NoFaceError,
     align_face,
     detect_and_align,
@@ -25,7 +27,7 @@ from srise_jax.data import aligned_sample, occlude, occlusion_region, sample_fac
 from srise_jax.detect import Faces, detect_faces
 from srise_jax.explainers import explainer_kind, get_explainer, list_explainers
 from srise_jax.explainers.perturbation import srise_convergence
-from srise_jax.images import ImageError, load_face, load_image, synthetic_faces
+from srise_jax.images import MAX_CROP_SIZE, MAX_PIXELS, ImageError, load_face, load_image, synthetic_faces
 from srise_jax.masks import gaussian_mask, gaussian_masks, rise_mask, rise_masks
 from srise_jax.metrics import (
     Curve,
@@ -123,6 +125,10 @@ __all__ = [
     "load_image",
     "load_protocol_face",
     "MetricResult",
+    "MIN_CONFIDENT_SCORE",
+    "LowScoreWarning",
+    "MAX_CROP_SIZE",
+    "MAX_PIXELS",
     "REASON_TEXT",
     "UNDEFINED_REASONS",
     "undefined_reason",

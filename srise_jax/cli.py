@@ -275,7 +275,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, num_masks: int,
                              f"{_ARCFACE_THRESHOLD:g})")
     parser.add_argument("--share-probe-masks", action="store_true",
                         help="one mask set for both pairs: 3N forward passes instead of 4N")
-    parser.add_argument("--normalize", choices=("coverage", "none"), default="coverage",
+    parser.add_argument("--normalize", choices=srise.NORMALIZE, default="coverage",
                         help="'coverage': sum s_i M_i / sum M_i; 'none': the paper's plain "
                              "sum (default: %(default)s)")
     parser.add_argument("--preset", choices=tuple(ablation.PRESETS),
@@ -579,11 +579,13 @@ def _load_model(args: argparse.Namespace, name: str) -> _Model:
     dtype = _DTYPES[dtype_name]
     suffix = "" if dtype_name == "float32" else f" ({dtype_name})"
     if name == "dlib":
-        embed_fn, params = models.load_dlib(dtype=dtype)
+        with _warning_lines():  # a damaged cache rebuilt, a .dat other than dlib's
+            embed_fn, params = models.load_dlib(dtype=dtype)
         return _Model(f"dlib ResNet{suffix}", embed_fn, params, size, template,
                       models.DLIB_THRESHOLD, {"model": "dlib", "dtype": dtype_name},
                       models.dlib_feature_fns(dtype=dtype))
-    embed_fn, params = models.load_arcface(args.weights, dtype=dtype)
+    with _warning_lines():  # a checkpoint that predates checksums
+        embed_fn, params = models.load_arcface(args.weights, dtype=dtype)
     arch = read_metadata(args.weights)["arch"]
     return _Model(f"ArcFace {arch}{suffix}", embed_fn, params, size, template,
                   _ARCFACE_THRESHOLD, {"model": "arcface", "weights": str(args.weights),

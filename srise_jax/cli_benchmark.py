@@ -66,13 +66,17 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import srise_jax
-from srise_jax import (ablation, align, benchmark, cli, data, images, models, outputs,
-                       protocols, viz)
+from srise_jax import (ablation, align, benchmark, cli, data, images, metrics, models,
+                       outputs, protocols, srise, viz)
 from srise_jax.explainers import perturbation
 
 COLUMNS = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
-           "similarity", "match", "deletion", "insertion", "deletion_auc",
-           "insertion_auc", "seconds", "deletion_curve", "insertion_curve")
+           "similarity", "match", "deletion", "insertion", "deletion_reason",
+           "insertion_reason", "deletion_auc", "insertion_auc", "seconds",
+           "deletion_curve", "insertion_curve")
+# What results.csv held before the reason columns: its undefined fractions
+# can read 1.0 (Deletion that never flips), so its rows cannot be resumed.
+_COLUMNS_WITHOUT_REASONS = tuple(c for c in COLUMNS if not c.endswith("_reason"))
 # Settings that must agree for a rerun to add to a directory's results.
 _RUN_KEYS = ("model", "weights", "data", "num_triplets", "seed", "threshold", "size",
              "metric_step", "curve_points", "ablation")
@@ -91,7 +95,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "the model accepts with the paper's Deletion and Insertion fractions "
                     "and the deletion/insertion AUCs, and write OUT/results.csv (one row "
                     "per triplet, pair, side, method), OUT/table.md (Table 1 with 95%% "
-                    "bootstrap intervals over triplets), OUT/curves.png and "
+                    "bootstrap intervals over distinct pairs), OUT/curves.png and "
                     "OUT/convergence.png. Rerunning with the same OUT resumes. "
                     "--triplet-batch spreads batches of triplets over the devices; "
                     "--distributed spreads the triplets over processes on several hosts.")
@@ -179,7 +183,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                          help="images per forward pass (default: %(default)s)")
     figures.add_argument("--seed", type=cli._seed, default=0,
                          help="random seed (default: %(default)s)")
-    figures.add_argument("--normalize", choices=("coverage", "none"), default="coverage",
+    figures.add_argument("--normalize", choices=srise.NORMALIZE, default="coverage",
                          help="figs 3-5: 'coverage' (the library's default estimator) or "
                               "'none' (the paper's plain sum) (default: %(default)s)")
     figures.add_argument("--preset", choices=tuple(ablation.PRESETS),
@@ -481,8 +485,7 @@ def _complete_rows(results: Path) -> _Rows:
     body = text[:text.rfind("\n") + 1]
     reader = csv.DictReader(io.StringIO(body))
     if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
-        raise ValueError(f"{results}: unexpected columns {reader.fieldnames}; "
-                         f"expected {list(COLUMNS)}")
+        raise ValueError(_columns_error(results, reader.fieldnames))
     rows, seen = [], set()
     headers = duplicates = 0
     for row in reader:
@@ -694,7 +697,18 @@ def _run_batch(model, parts, batched: _Batched, loaded, triplets, todo: Sequence
     return list(zip(rows, maps))
 
 
+def _columns_error(results: Path, columns: Sequence[str]) -> str:
+    """Why a results file with these columns cannot be resumed, in one line."""
+    if tuple(columns) == _COLUMNS_WITHOUT_REASONS:
+        return (f"{results}: written by an older srise-jax, without the deletion_reason "
+                f"and insertion_reason columns (a Deletion that never flips reads 1.0 "
+                f"there, not n/a), so its rows cannot be mixed with new ones: use another "
+                f"--out, or delete {results.name} to compute its rows again")
+    return f"{results}: unexpected columns {list(columns)}; expected {list(COLUMNS)}"
+
+
 def _row(t, pair, side, names, label, iterations, similarity, match, seconds, scored) -> dict:
+    """One results.csv row; `scored` None for a pair the model rejects (not scored)."""
     row = {"triplet": t, "pair": pair, "side": side, "image": names[0],
            "reference": names[1], "method": label, "iterations": iterations,
            "similarity": f"{similarity:.6f}", "match": int(match),
@@ -702,6 +716,9 @@ def _row(t, pair, side, names, label, iterations, similarity, match, seconds, sc
     for metric in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
         value = math.nan if scored is None else float(scored[metric])
         row[metric] = "" if math.isnan(value) else f"{value:.6f}"
+    for metric in ("deletion", "insertion"):
+        row[f"{metric}_reason"] = (benchmark.REJECTED if scored is None
+                                   else metrics.reason_name(scored[f"{metric}_reason"]) or "")
     for metric in ("deletion_curve", "insertion_curve"):
         row[metric] = ("" if scored is None else
                        " ".join(f"{v:.5f}" for v in np.asarray(scored[metric])))

@@ -33,10 +33,10 @@ UNDEFINED_REASONS = ("rejected", "already_flipped", "cannot_flip", "invalid_inpu
 
 # A short phrase for each reason, for tables, figures and reports.
 REASON_TEXT = {
-    "rejected": "the model rejects this pair: no match to break or to build",
-    "already_flipped": "the mean-filled image already matches",
-    "cannot_flip": "no map can flip this pair: the fully deleted image still matches",
-    "invalid_input": "NaN or inf in the image, the map or the threshold",
+    "rejected": "the model rejects the pair",
+    "already_flipped": "the all-mean image already matches",
+    "cannot_flip": "even the all-mean image matches",
+    "invalid_input": "NaN or inf in the input",
 }
 
 
@@ -83,7 +83,20 @@ def undefined_reason(result: MetricResult) -> str | None:
       One of `UNDEFINED_REASONS` (`REASON_TEXT` has a phrase for each), or
       None.
     """
-    code = int(result.reason)
+    return reason_name(result.reason)
+
+
+def reason_name(code) -> str | None:
+    """The name of a `MetricResult.reason` code, or None for 0 (defined).
+
+    Args:
+      code: an int or a concrete () integer array, e.g. from a vmapped
+        batch of results.
+
+    Returns:
+      ``UNDEFINED_REASONS[code - 1]``, or None when ``code`` is 0.
+    """
+    code = int(code)
     return None if code == 0 else UNDEFINED_REASONS[code - 1]
 
 

@@ -279,6 +279,13 @@ def sample_protocol() -> list[Triplet]:
     with a mask or sunglasses as nonmate. Load entries with
     `load_protocol_face`.
 
+    Pairs recur: (obama, obama2) and (obama2, obama3) are the mate pair of
+    three triplets each, so the nine mate pairs are five distinct ones
+    (fourteen distinct pairs in all). Rows of one pair are near-copies, not
+    independent samples: Table 1's bootstrap (`benchmark.summarize`)
+    resamples distinct pairs (`benchmark.pair_identity`), so the recurrences
+    weigh in the means but do not narrow the intervals.
+
     Returns:
       The triplets, in that order, of entry names.
     """

@@ -28,7 +28,8 @@ from srise_jax import masks as masks_lib
 from srise_jax.similarity import unit_normalize as _unit
 
 EmbedFn = Callable[[object, jax.Array], jax.Array]
-_NORMALIZE = ("coverage", "none")
+# The estimators `normalize` selects (see `SRiseConfig`).
+NORMALIZE = ("coverage", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +157,9 @@ class SaliencySums(NamedTuple):
 
 
 def _check_normalize(normalize: str) -> None:
-    if normalize not in _NORMALIZE:
+    if normalize not in NORMALIZE:
         raise ValueError(
-            f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+            f"normalize must be one of {NORMALIZE}, got {normalize!r}")
 
 
 _FILLS = ("mean", "blur")

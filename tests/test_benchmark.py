@@ -1,13 +1,14 @@
 """The benchmark: method parsing, S-RISE convergence, AUC curves, Table 1 statistics."""
 
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from srise_jax import benchmark, masks, metrics, srise
+from srise_jax import benchmark, cli_benchmark, masks, metrics, srise
 from srise_jax.explainers import perturbation
 from srise_jax.similarity import unit_normalize
 
@@ -92,37 +93,145 @@ def test_planted_map_has_lower_deletion_auc_than_its_reverse(planted_region):
     assert auc(planted, "insertion") > auc(-planted, "insertion")
 
 
+def _row(triplet, image, reference, d, i, method="m", match=1, **extra):
+    return {"triplet": triplet, "image": image, "reference": reference, "method": method,
+            "iterations": "", "match": match, "deletion": d, "insertion": i,
+            "deletion_auc": "", "insertion_auc": "", **extra}
+
+
 def _rows(values_by_triplet, method="m", match=1):
-    return [{"triplet": t, "method": method, "iterations": "", "match": match,
-             "deletion": d, "insertion": i, "deletion_auc": "", "insertion_auc": ""}
-            for t, pairs in values_by_triplet.items() for d, i in pairs]
+    """Rows of one pair per triplet (distinct pairs), both sides alternating."""
+    return [_row(t, *((f"a{t}", f"b{t}") if k % 2 == 0 else (f"b{t}", f"a{t}")), d, i,
+                 method=method, match=match)
+            for t, pairs in values_by_triplet.items() for k, (d, i) in enumerate(pairs)]
 
 
-def test_summary_means_and_cluster_bootstrap():
+def _numpy_pair_bootstrap(rows, metric, *, num_resamples, label="m", seed=0):
+    """Reference interval: resample unordered image pairs with replacement, in NumPy.
+
+    Clusters are the sorted (image, reference) tuples in order of first
+    appearance; each resample's mean is the sum of its clusters' values over
+    the count of their rows. The generator is seeded as `summarize` documents
+    seeding (seed and the CRC-32 of "<method>/<metric>"), so the picks and
+    hence the interval must agree to rounding.
+    """
+    clusters = {}
+    for image, reference, value in rows:
+        clusters.setdefault(tuple(sorted((image, reference))), []).append(value)
+    sums = np.array([sum(v) for v in clusters.values()])
+    counts = np.array([len(v) for v in clusters.values()])
+    rng = np.random.default_rng([seed, zlib.crc32(f"{label}/{metric}".encode())])
+    picks = rng.integers(len(clusters), size=(num_resamples, len(clusters)))
+    return np.quantile(sums[picks].sum(1) / counts[picks].sum(1), [0.025, 0.975])
+
+
+def test_summary_bootstrap_resamples_distinct_pairs_against_numpy():
+    # Six pairs recur in 20 triplets (as in the bundled protocol), on either
+    # side, with 1-3 rows each; a rejected row and one that names no image
+    # are checked for too.
     rng = np.random.default_rng(0)
-    values = {t: [(rng.uniform(), rng.uniform()) for _ in range(1 + t % 3)]
-              for t in range(20)}
-    rows = _rows(values) + _rows({0: [(0.0, 0.0)]}, match=0)  # rejected: left out
-    rows.append({**rows[0], "deletion": "", "triplet": 99})  # NaN deletion: left out
-    (line,) = benchmark.summarize(rows, num_resamples=2000)
-    flat = [pair for pairs in values.values() for pair in pairs]
-    assert line["deletion"] == pytest.approx(np.mean([d for d, _ in flat]))
-    assert line["insertion"] == pytest.approx(np.mean([i for _, i in flat] + [rows[0]["insertion"]]))
-    assert line["average"] == pytest.approx(np.mean([(d + i) / 2 for d, i in flat]))
-    assert line["deletion_n"] == len(flat) and line["average_n"] == len(flat)
+    rows = []
+    for t in range(20):
+        a, b = f"img{t % 6}", f"other{t % 6}"
+        for k in range(1 + t % 3):
+            rows.append(_row(t, *((a, b) if k % 2 == 0 else (b, a)),
+                             rng.uniform() + t % 6 / 3, rng.uniform()))
+    scored = list(rows)
+    rows.append(_row(0, "x", "y", 0.0, 0.0, match=0))  # rejected: excluded
+    (line,) = benchmark.summarize(rows, num_resamples=3000)
+    d = np.array([r["deletion"] for r in scored])
+    assert line["deletion"] == pytest.approx(d.mean())
+    for metric in ("deletion", "insertion"):
+        want = _numpy_pair_bootstrap([(r["image"], r["reference"], r[metric]) for r in scored],
+                                     metric, num_resamples=3000)
+        assert (line[f"{metric}_low"], line[f"{metric}_high"]) == \
+            pytest.approx(tuple(want), rel=1e-12)
+    assert line["deletion_n"] == len(scored) and line["deletion_pairs"] == 6
+    assert line["excluded"] == {"rejected": 1}
     assert line["deletion_low"] < line["deletion"] < line["deletion_high"]
-    assert math.isnan(line["deletion_auc"])
-    # Independent check of the interval: the same cluster bootstrap in plain NumPy.
-    sums = np.array([sum(d for d, _ in values[t]) for t in range(20)])
-    counts = np.array([len(values[t]) for t in range(20)])
-    picks = np.random.default_rng(1).integers(20, size=(20000, 20))
-    ref = np.quantile(sums[picks].sum(1) / counts[picks].sum(1), [0.025, 0.975])
-    assert line["deletion_low"] == pytest.approx(ref[0], abs=0.01)
-    assert line["deletion_high"] == pytest.approx(ref[1], abs=0.01)
-    # Same seed, same table; a constant metric has a zero-width interval.
-    assert benchmark.summarize(rows, num_resamples=2000) == [line]
+    assert math.isnan(line["deletion_auc"]) and line["deletion_auc_n"] == 0
+    # Same seed, same table; a constant metric has a zero-width interval; a
+    # single pair has none.
+    assert benchmark.summarize(rows, num_resamples=3000) == [line]
     (flat_line,) = benchmark.summarize(_rows({t: [(0.25, 0.5)] for t in range(5)}))
     assert flat_line["deletion_low"] == flat_line["deletion_high"] == pytest.approx(0.25)
+    (single,) = benchmark.summarize(_rows({0: [(0.25, 0.5), (0.5, 0.5)]}))
+    assert single["deletion"] == pytest.approx(0.375) and math.isnan(single["deletion_low"])
+    with pytest.raises(ValueError, match="result row 0: no 'image', 'reference'"):
+        benchmark.summarize([{"method": "m", "match": 1, "deletion": 1, "insertion": 1}])
+
+
+def test_duplicated_pairs_do_not_narrow_the_interval():
+    # Every pair of a 12-pair table repeated in three triplets (either side):
+    # the same mean and, resampling pairs, the same interval, equal to the
+    # NumPy reference on the undup rows. Clustered by triplet (or row), the
+    # copies would count as 36 independent pairs and narrow it by ~sqrt(3).
+    rng = np.random.default_rng(1)
+    base = _rows({t: [(rng.uniform(), rng.uniform()), (rng.uniform(), rng.uniform())]
+                  for t in range(12)})
+    copies = [{**row, "triplet": row["triplet"] + 100 * copy,
+               "image": row["reference"] if copy == 1 else row["image"],
+               "reference": row["image"] if copy == 1 else row["reference"]}
+              for copy in range(3) for row in base]
+    (once,) = benchmark.summarize(base, num_resamples=4000)
+    (thrice,) = benchmark.summarize(copies, num_resamples=4000)
+    for metric in ("deletion", "insertion", "average"):
+        values = [(r["image"], r["reference"],
+                   {"deletion": r["deletion"], "insertion": r["insertion"],
+                    "average": (r["deletion"] + r["insertion"]) / 2}[metric]) for r in base]
+        want = _numpy_pair_bootstrap(values, metric, num_resamples=4000)
+        for line in (once, thrice):
+            assert line[metric] == pytest.approx(np.mean([v for *_, v in values]), rel=1e-12)
+            assert (line[f"{metric}_low"], line[f"{metric}_high"]) == \
+                pytest.approx(tuple(want), rel=1e-12)
+    assert thrice["deletion_n"] == 3 * once["deletion_n"] == 72
+    assert thrice["deletion_pairs"] == once["deletion_pairs"] == 12
+
+
+def test_undefined_rows_are_excluded_from_deletion_insertion_and_average_alike():
+    # Planted: 16 scored rows of 8 pairs, some fractions undefined (with and
+    # without a reason), and 3 rejected rows; each AUC defined on all scored rows.
+    rng = np.random.default_rng(2)
+    d, i = rng.uniform(size=16), rng.uniform(size=16)
+    d_reason, i_reason = [""] * 16, [""] * 16
+    for k in (1, 4, 9):
+        d[k], d_reason[k] = np.nan, "cannot_flip"
+    for k in (4, 6):
+        i[k], i_reason[k] = np.nan, "already_flipped"
+    d[12] = np.nan  # no reason given
+    auc = rng.uniform(size=16)
+    rows = [_row(k // 2, f"p{k // 2}", f"q{k // 2}", "" if np.isnan(d[k]) else d[k],
+                 "" if np.isnan(i[k]) else i[k], deletion_reason=d_reason[k],
+                 insertion_reason=i_reason[k], deletion_auc=auc[k], insertion_auc=1 - auc[k])
+            for k in range(16)]
+    rows += [_row(20 + k, f"r{k}", "s", "", "", match=0, deletion_reason="rejected",
+                  insertion_reason="rejected") for k in range(3)]
+    (line,) = benchmark.summarize(rows, num_resamples=2000)
+    # Independent: NumPy over the rows where both fractions are defined.
+    both = ~np.isnan(d) & ~np.isnan(i)
+    assert line["deletion"] == pytest.approx(d[both].mean(), rel=1e-12)
+    assert line["insertion"] == pytest.approx(i[both].mean(), rel=1e-12)
+    assert line["average"] == pytest.approx((d[both].mean() + i[both].mean()) / 2, rel=1e-12)
+    assert line["deletion_n"] == line["insertion_n"] == line["average_n"] == both.sum() == 11
+    assert line["average_pairs"] == len({k // 2 for k in np.flatnonzero(both)}) == 8
+    assert line["deletion_auc"] == pytest.approx(auc.mean(), rel=1e-12)
+    assert line["deletion_auc_n"] == 16
+    assert line["excluded"] == {"rejected": 3, "deletion cannot_flip": 3,
+                                "insertion already_flipped": 2,
+                                "deletion no_reason_given": 1}
+    kept = [(r["image"], r["reference"], (dk + ik) / 2)
+            for r, dk, ik, ok in zip(rows, d, i, both) if ok]
+    want = _numpy_pair_bootstrap(kept, "average", num_resamples=2000)
+    assert (line["average_low"], line["average_high"]) == pytest.approx(tuple(want), rel=1e-12)
+    # The table prints the counts and what each exclusion means.
+    text = benchmark.format_table([line])
+    cells = text.splitlines()[2].split(" | ")
+    assert cells[5:8] == ["11", "8", "3 rejected, 3 deletion cannot_flip, "
+                          "1 deletion no_reason_given, 2 insertion already_flipped"]
+    assert cells[-1] == "16 (8) |"
+    assert "95% CI: bootstrap over 8 distinct pairs" in text
+    assert f"- deletion cannot_flip: {metrics.REASON_TEXT['cannot_flip']}" in text
+    assert f"- rejected: {metrics.REASON_TEXT['rejected']} (not scored)" in text
 
 
 def test_table_lists_methods_in_order_with_intervals():
@@ -133,6 +242,46 @@ def test_table_lists_methods_in_order_with_intervals():
     lines = text.splitlines()
     assert lines[2].startswith("| random | - | 0.6000 [0.5000, 0.7000]")
     assert lines[3].startswith("| srise | 500 | 0.2000 [0.1000, 0.3000]")
+
+
+def test_score_reasons_reach_the_results_rows(planted_region):
+    # Thresholds placed by the pair's own similarities: below the all-mean
+    # image's (Deletion cannot flip, Insertion starts matched), between it and
+    # the intact pair's (both defined), above the pair's (rejected).
+    embed_fn, params, _, probe, mate = planted_region
+    unit = lambda x: np.asarray(unit_normalize(embed_fn(params, jnp.asarray(x)[None])))[0]
+    mean_image = np.broadcast_to(np.asarray(probe).mean((0, 1)), probe.shape)
+    s_mean, s_pair = unit(mean_image) @ unit(mate), unit(probe) @ unit(mate)
+    assert s_mean < s_pair - 0.01
+    score = benchmark.make_score_fn(embed_fn, step=32, batch_size=64, num_points=5)
+    saliency = jax.random.uniform(jax.random.key(0), (32, 32))
+    for threshold, want in ((s_mean - 0.01, ("cannot_flip", "already_flipped")),
+                            ((s_mean + s_pair) / 2, ("", "")),
+                            (s_pair + 0.01, ("rejected", "rejected"))):
+        scored = score(params, probe, mate, saliency, float(threshold))
+        row = cli_benchmark._row(0, "mate", "probe", ("a", "b"), "random", "", s_pair,
+                                 True, 0.1, jax.tree.map(np.asarray, scored))
+        assert (row["deletion_reason"], row["insertion_reason"]) == want
+        for metric, reason in zip(("deletion", "insertion"), want):
+            assert (row[metric] == "") == bool(reason)
+    unscored = cli_benchmark._row(0, "nonmate", "probe", ("a", "c"), "random", "", 0.1,
+                                  False, None, None)
+    assert unscored["deletion_reason"] == unscored["insertion_reason"] == "rejected"
+    assert set(unscored) == set(cli_benchmark.COLUMNS)
+
+
+def test_results_without_reason_columns_cannot_be_resumed(tmp_path):
+    # A results.csv from before the reason columns: Deletion that never flips
+    # read 1.0 there, so resuming would mix two definitions in one table.
+    old = [c for c in cli_benchmark.COLUMNS if not c.endswith("_reason")]
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(old) + "\n" + ",".join(["0"] * len(old)) + "\n")
+    with pytest.raises(ValueError, match="written by an older srise-jax, without the "
+                                         "deletion_reason and insertion_reason columns"):
+        cli_benchmark._complete_rows(path)
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="unexpected columns"):
+        cli_benchmark._complete_rows(path)
 
 
 def test_preset_methods_run_srise_with_the_preset_settings(planted_region, key):

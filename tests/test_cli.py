@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_error_line as _assert_one_error_line
-from srise_jax import cli, srise, viz
+from srise_jax import cli, metrics, srise, viz
 from srise_jax.images import synthetic_faces
 
 torch.set_num_threads(1)  # the test machine's cores are shared
@@ -71,15 +71,19 @@ def test_explain_writes_figure_json_and_curves(tmp_path, weights, face_files, ca
         assert -1.0 <= report["similarity"][pair] <= 1.0
         assert report["match"][pair] is True  # every cosine is >= -1
     assert tuple(report["metrics"]) == viz.MAP_NAMES
+    # At threshold -1 every image matches: no map can flip either decision,
+    # so neither fraction is a number (Deletion used to report 1.0).
     for by_metric in report["metrics"].values():
-        assert by_metric["deletion"] == {"fraction": 1.0}
+        assert by_metric["deletion"]["fraction"] is None
+        assert by_metric["deletion"]["reason"] == "cannot_flip"
         assert by_metric["insertion"]["fraction"] is None
-        assert "already matches at threshold -1" in by_metric["insertion"]["reason"]
+        assert by_metric["insertion"]["reason"] == "already_flipped"
+        assert "threshold -1" in by_metric["insertion"]["explanation"]
     settings = report["settings"]
     assert settings["arch"] == "r18" and settings["seed"] == 0
     assert settings["config"]["num_masks"] == 16 and settings["config"]["batch_size"] == 8
     assert settings["metric_step"] == 1568 and settings["mate"] == str(mate_128)
-    assert "probe-mate" in out and f"wrote {figure}" in out
+    assert "probe vs mate" in out and "n/a (cannot_flip)" in out and f"wrote {figure}" in out
 
 
 @pytest.mark.parametrize("share_probe_masks", [False, True])
@@ -183,6 +187,19 @@ def test_demo_with_dlib_runs_end_to_end(tmp_path, capsys):
     report = _assert_demo_outputs(out_dir, "dlib")
     # dlib's own rule on the sample photos: obama matches obama2, not biden.
     assert report["triplet"]["match"] == {"mate": True, "nonmate": False}
+    # No fraction that no map could change: the rejected pair's four are
+    # undefined (Insertion used to report 1.0 there), each with its reason.
+    for name in ("probe_vs_nonmate", "nonmate_vs_probe"):
+        for metric in ("deletion", "insertion"):
+            entry = report["triplet"]["metrics"][name][metric]
+            assert entry["fraction"] is None and entry["reason"] == "rejected", entry
+    for triplet in ("triplet", "occlusion"):
+        for by_metric in report[triplet]["metrics"].values():
+            for entry in by_metric.values():
+                assert (0.0 < entry["fraction"] < 1.0 if entry["fraction"] is not None
+                        else entry["reason"] in metrics.UNDEFINED_REASONS), entry
+    # The masked probe is named for what it is, and its pair by the decision.
+    assert "probe vs probe with a surgical mask" in out
 
 
 def test_explain_preset_mean_fill_gives_the_library_maps(tmp_path, weights, face_files,

@@ -1,6 +1,9 @@
 """`srise-jax benchmark` and `srise-jax figures` on a planted 32x32 model (fast)."""
 
+import collections
 import csv
+import os
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_error_line, region_embed
 
-from srise_jax import align, benchmark, cli, metrics, protocols
+from srise_jax import align, benchmark, cli, metrics, outputs, protocols
 
 _METHODS = "srise@4,srise@8,random"
 _OPTIONS = ["--batch-size", "4", "--metric-batch", "8", "--curve-points", "5",
@@ -47,32 +50,39 @@ def test_benchmark_rows_equal_the_library_and_reports_are_written(tmp_path, plan
     table = (out / "table.md").read_text()
     assert "| srise | 4 |" in table and "| srise | 8 |" in table and "| random | - |" in table
 
-    # Every scored row, recomputed from the library: same map, same fraction.
+    # Every scored row, recomputed from the library: same map, same fraction
+    # or the same reason why it is undefined.
     model = planted_cli
-    triplet = protocols.sample_protocol()[1]
-    faces = [protocols.load_protocol_face(e, size=32) for e in triplet]
-    sims = benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
     parts = benchmark.make_explain_fns(model.embed_fn, benchmark.parse_methods(_METHODS),
                                        batch_size=4)
-    checked = 0
-    for row in rows:
-        if row["triplet"] != "1":
-            continue
-        assert row["match"] == str(int(sims[row["pair"]] >= 0.2))
-        assert float(row["similarity"]) == pytest.approx(sims[row["pair"]], abs=1e-5)
-        if row["match"] == "0":
-            assert row["deletion"] == row["insertion"] == ""
-            continue
-        other = faces[1] if row["pair"] == "mate" else faces[2]
-        image, reference = (faces[0], other) if row["side"] == "probe" else (other, faces[0])
-        key = benchmark.job_key(jax.random.key(0), 1, row["pair"], row["side"])
-        part = next(p for p in parts if row["method"] in p.labels)
-        saliency = part.fn(model.params, image, reference, key)[row["method"]]
-        want = metrics.deletion(model.embed_fn, model.params, image, reference, saliency,
-                                0.2, step=32).fraction
-        assert float(row["deletion"]) == pytest.approx(float(want), abs=1e-6)
-        checked += 1
-    assert checked > 0
+    checked = collections.Counter()
+    for index, triplet in enumerate(protocols.sample_protocol()[:2]):
+        faces = [protocols.load_protocol_face(e, size=32) for e in triplet]
+        sims = benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
+        for row in rows:
+            if row["triplet"] != str(index):
+                continue
+            assert row["match"] == str(int(sims[row["pair"]] >= 0.2))
+            assert float(row["similarity"]) == pytest.approx(sims[row["pair"]], abs=1e-5)
+            if row["match"] == "0":
+                assert row["deletion"] == row["insertion"] == ""
+                continue
+            other = faces[1] if row["pair"] == "mate" else faces[2]
+            image, reference = ((faces[0], other) if row["side"] == "probe"
+                                else (other, faces[0]))
+            key = benchmark.job_key(jax.random.key(0), index, row["pair"], row["side"])
+            part = next(p for p in parts if row["method"] in p.labels)
+            saliency = part.fn(model.params, image, reference, key)[row["method"]]
+            want = metrics.deletion(model.embed_fn, model.params, image, reference,
+                                    saliency, 0.2, step=32)
+            assert row["deletion_reason"] == (metrics.undefined_reason(want) or "")
+            if row["deletion_reason"]:
+                assert row["deletion"] == ""
+            else:
+                assert float(row["deletion"]) == pytest.approx(float(want.fraction), abs=1e-6)
+            checked[row["deletion_reason"] or "defined"] += 1
+    # Both kinds of row were recomputed.
+    assert checked["defined"] > 0 and checked["cannot_flip"] > 0, checked
 
 
 def test_benchmark_resumes_adds_methods_and_repairs_a_killed_run(tmp_path, planted_cli,
@@ -177,3 +187,42 @@ def test_ablation_runs_the_chosen_settings_and_rejects_unknown_ones(tmp_path, pl
                                     "--data", "sample", "--out", str(tmp_path / "bad")]),
                           capsys, "unknown setting(s) nope")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_second_benchmark_on_one_out_fails_at_once_naming_the_first(tmp_path, planted_cli,
+                                                                       capsys):
+    # Two runs on one directory both finished with status 0, every row written twice.
+    out = tmp_path / "run"
+    with outputs.lock_directory(out, name=".lock"):  # as a running benchmark holds it
+        status = _run(out)
+        assert_one_error_line(status, capsys, f"{out}: in use by another run "
+                                              f"(pid {os.getpid()} on {socket.gethostname()}, "
+                                              "started ")
+        assert not (out / "results.csv").exists() and not (out / "run.json").exists()
+    assert _run(out) == 0  # once the first is done
+
+
+@pytest.mark.parametrize("second_header", [False, True])
+def test_a_rerun_keeps_rows_written_twice_and_says_what_it_left_out(tmp_path, planted_cli,
+                                                                    capsys, second_header):
+    # What two runs appending at once left: each triplet's rows twice (and
+    # the header again when both found the file empty). A rerun used to count
+    # 8 rows per (triplet, method) where 4 were expected, discard every row
+    # silently and start over (or fail on the second header).
+    out = tmp_path / "run"
+    assert _run(out) == 0
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    half = len(rows) // 2  # triplet 0, then triplet 1
+    (out / "results.csv").write_text(header + "".join(rows[:half])
+                                     + (header if second_header else "")
+                                     + "".join(rows[:half]) + "".join(rows[half:]) * 2)
+    capsys.readouterr()
+    assert _run(out) == 0
+    printed, err = capsys.readouterr()
+    assert "0 triplets to run" in printed
+    assert (f"srise-jax: warning: {out / 'results.csv'}: left out {len(rows)} duplicate "
+            "row(s)") in err
+    assert ("1 repeated header line(s)" in err) == second_header
+    # The finished rows, kept as they were (times included): nothing was run again.
+    assert (out / "results.csv").read_text() == header + "".join(rows)

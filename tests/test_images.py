@@ -154,7 +154,7 @@ def test_the_pixel_limit_counts_width_times_height(tmp_path):
         load_image(tmp_path / "small.png", max_pixels=1199)
 
 
-@pytest.mark.parametrize("size", [0, MAX_CROP_SIZE + 1, 100_000, 112.0, True])
+@pytest.mark.parametrize("size", [0, MAX_CROP_SIZE + 1, 112.0, True])
 def test_crop_sizes_outside_one_to_the_maximum_are_refused(tmp_path, size):
     Image.fromarray(_gradient()).save(tmp_path / "face.png")
     with pytest.raises(ValueError, match=rf"size must be an int in \[1, {MAX_CROP_SIZE}\]"):

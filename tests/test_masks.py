@@ -116,3 +116,27 @@ def test_rise_masks_shape_range_and_keep_rate(key):
     assert float(jnp.std(batch[:, 0, 0])) > 0.1
     keep_all = masks.rise_masks(key, 3, (28, 28), grid=7, p=1.0)
     np.testing.assert_allclose(np.asarray(keep_all), 1.0, atol=1e-6)
+
+
+def test_documented_coverage_prior_is_what_the_masks_give():
+    # README and SRiseConfig's docstring justify the coverage default with
+    # the masks' mean value at the centre and in the corners of a 112x112
+    # image; recompute it so the stated numbers cannot drift from the code.
+    import re
+    from pathlib import Path
+
+    from srise_jax import srise
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    pattern = r"(0\.\d\d) at the centre of a 112x112 image and (0\.\d\d) in its corners"
+    stated = [tuple(map(float, m)) for m in (re.findall(pattern, readme)
+                                             + re.findall(pattern, " ".join(
+                                                 srise.SRiseConfig.__doc__.split())))]
+    assert len(stated) == 2 and stated[0] == stated[1], stated
+    stack = np.asarray(masks.gaussian_masks(jax.random.key(0), 2000, (112, 112)))
+    mean = stack.mean(0)
+    centre = mean[54:58, 54:58].mean()
+    corners = mean[[0, 0, -1, -1], [0, -1, 0, -1]].mean()
+    # 2000 masks: the standard error of each mean is below 0.01.
+    assert abs(centre - stated[0][0]) < 0.01 and abs(corners - stated[0][1]) < 0.01, \
+        (centre, corners)

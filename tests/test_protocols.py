@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from srise_jax import benchmark
 from srise_jax.align import DLIB_150
 from srise_jax.data import OCCLUSION_KINDS, SAMPLE_NAMES
 from srise_jax.protocols import (Pair, Triplet, load_protocol_face, read_identity_folders,
@@ -222,3 +223,24 @@ def test_load_protocol_face_unknown_entry():
         load_protocol_face("trump")
     with pytest.raises(ValueError, match="unknown occlusion kind 'hat'"):
         load_protocol_face("obama+hat")
+
+
+def test_sample_protocol_table_resamples_its_distinct_pairs():
+    # (obama, obama2) and (obama2, obama3) are the mate pair of three triplets
+    # each, so the 9 triplets' 18 mate rows (two sides) come from 5 distinct
+    # pairs, and all 9 nonmate pairs differ: Table 1's bootstrap resamples 14.
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, triplet in enumerate(sample_protocol()):
+        for pair, other in (("mate", triplet.mate), ("nonmate", triplet.nonmate)):
+            for image, reference in ((triplet.probe, other), (other, triplet.probe)):
+                rows.append({"triplet": t, "pair": pair, "image": image,
+                             "reference": reference, "method": pair, "match": 1,
+                             "deletion": rng.uniform(), "insertion": rng.uniform()})
+    mate, nonmate = benchmark.summarize(rows, num_resamples=200)
+    assert (mate["deletion_n"], mate["deletion_pairs"]) == (18, 5)
+    assert (nonmate["deletion_n"], nonmate["deletion_pairs"]) == (18, 9)
+    (both,) = benchmark.summarize([{**row, "method": "all"} for row in rows],
+                                  num_resamples=200)
+    assert both["average_pairs"] == 14
+    assert "95% CI: bootstrap over 14 distinct pairs" in benchmark.format_table([both])

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from srise_jax.models.checkpoint import is_taken
+
 # Axis order that turns a PyTorch array into its Flax layout, by rank:
 # conv (O, I, kh, kw) -> (kh, kw, I, O); linear (out, in) -> (in, out).
 _FLAX_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}
@@ -80,9 +82,7 @@ def check_destination(out_dir: Path, *, overwrite: bool) -> None:
       ConversionError: ``out_dir`` exists, is not an empty directory, and
         ``overwrite`` is False.
     """
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        return
-    if (out_dir.exists() or out_dir.is_symlink()) and not overwrite:
+    if not overwrite and is_taken(out_dir):
         raise ConversionError(f"{out_dir}: already exists and is not empty; pass --overwrite to replace it")
 
 

@@ -55,8 +55,16 @@ def array_checksums(variables: Any) -> dict[str, str]:
     return dict(_array_digests(variables))
 
 
-def _is_taken(directory: Path) -> bool:
-    """Whether writing ``directory`` would replace something: it exists and is not an empty directory."""
+def is_taken(directory: str | Path) -> bool:
+    """Whether writing a checkpoint at ``directory`` would replace something.
+
+    Args:
+      directory: a path.
+
+    Returns:
+      True when it exists (or is a dangling link) and is not an empty directory.
+    """
+    directory = Path(directory)
     if directory.is_dir():
         return any(directory.iterdir())
     return directory.exists() or directory.is_symlink()
@@ -86,7 +94,7 @@ def save_checkpoint(variables: Any, directory: str | Path, *, metadata: dict[str
         disk full); the message names it.
     """
     directory = Path(directory).resolve()
-    if not overwrite and _is_taken(directory):
+    if not overwrite and is_taken(directory):
         raise FileExistsError(f"{directory}: already exists and is not empty")
     metadata = {**metadata, CHECKSUMS_KEY: array_checksums(variables)}
     try:

@@ -481,8 +481,9 @@ def load_dlib(
     second) and caches them; later calls restore the cache and check each array
     against the SHA-256 recorded when it was written. A cache written by another
     srise-jax format version, from another .dat, or before the checksums were
-    recorded is rebuilt; so is a damaged one, with a warning. Same person: cosine similarity above ``DLIB_THRESHOLD`` (dlib's own
-    rule, Euclidean distance below ``DLIB_DISTANCE_THRESHOLD``).
+    recorded is rebuilt; so is a damaged one, with a warning. Same person:
+    cosine similarity above ``DLIB_THRESHOLD`` (dlib's own rule, Euclidean
+    distance below ``DLIB_DISTANCE_THRESHOLD``).
 
     Args:
       dtype: compute dtype of the returned embed function; params are float32.
