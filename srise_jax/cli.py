@@ -681,23 +681,36 @@ def _report(run: _Run, *, threshold: float) -> dict:
         "threshold": threshold,
     }
     if run.results is not None:
+        # The first two maps explain the (probe, mate) pair (viz.MAP_NAMES).
+        pair_of = {name: "mate" if name in viz.MAP_NAMES[:2] else "nonmate"
+                   for name in run.results}
         report["metrics"] = {
-            name: {metric: _metric_entry(metric, result, threshold)
+            name: {metric: _metric_entry(metric, result, threshold,
+                                         similarity[pair_of[name]])
                    for metric, result in by_metric.items()}
             for name, by_metric in run.results.items()}
     return report
 
 
-def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float) -> dict:
-    """{"fraction": x}, or {"fraction": None, "reason": name, "explanation": text}."""
+def _metric_entry(metric: str, result: metrics.MetricResult, threshold: float,
+                  similarity: float) -> dict:
+    """{"fraction": x}, or {"fraction": None, "reason": name, "explanation": text}.
+
+    `similarity` is the pair's own cosine, the number behind "rejected".
+    """
     reason = metrics.undefined_reason(result)
     if reason is None:
         return {"fraction": float(result.fraction)}
-    start = float(result.curve[0])
+    # The cosine that decided it: the pair's own, or the all-mean image's
+    # (where Insertion's curve starts and Deletion's ends).
+    counts, curve = np.asarray(result.counts), np.asarray(result.curve)
+    all_mean = curve[0] if metric == "insertion" else curve[counts == counts.max()][0]
+    value = {"rejected": f", pair cosine {similarity:.4f}",
+             "already_flipped": f", all-mean image cosine {all_mean:.4f}",
+             "cannot_flip": f", all-mean image cosine {all_mean:.4f}"}.get(reason, "")
     return {"fraction": None, "reason": reason,
             "explanation": f"undefined for {metric}: {metrics.REASON_TEXT[reason]} "
-                           f"(threshold {threshold:g}, similarity at the start "
-                           f"{start:.4f})"}
+                           f"(threshold {threshold:g}{value})"}
 
 
 def _print_summary(run: _Run, *, threshold: float,
@@ -711,10 +724,15 @@ def _print_summary(run: _Run, *, threshold: float,
         print(f"{label:<{width}}  cosine {value:+.4f}  {verdict} at threshold {threshold:g}")
     if run.results is not None:
         print("fraction of pixels that flips the decision (smaller is better):")
-        print(f"  {'map':<18} {'deletion':>20} {'insertion':>20}")
+        # Each map named "<its image> vs <the intact image>", by role.
+        role_of = dict(zip(viz.ROLES, roles))
+        names = {name: " vs ".join(role_of[part] for part in name.split("_vs_"))
+                 for name in run.results}
+        width = max(len("map"), *map(len, names.values()))
+        print(f"  {'map':<{width}} {'deletion':>20} {'insertion':>20}")
         for name, by_metric in run.results.items():
             cells = [_fraction_cell(r) for r in by_metric.values()]
-            print(f"  {name:<18} {cells[0]:>20} {cells[1]:>20}")
+            print(f"  {names[name]:<{width}} {cells[0]:>20} {cells[1]:>20}")
         reasons = sorted({metrics.undefined_reason(r) for by_metric in run.results.values()
                           for r in by_metric.values()} - {None})
         for reason in reasons:
