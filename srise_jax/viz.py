@@ -271,7 +271,7 @@ def _draw_levels(axes, levels: Mapping[str, _Level], triplet: srise.TripletSalie
                   label="the pair's cosine" if legend else None)
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1,
-                     label=f"threshold {threshold:g}")
+                     label=f"threshold {threshold:.3f}")
     axes.set_yticks(list(rows), [" vs ".join(by_face[face] for face in name.split("_vs_"))
                                  for name in MAP_NAMES],
                     fontsize="x-small")
@@ -348,7 +348,7 @@ def plot_curves(
             axes.plot(counts[flip] / num_pixels, curve[flip], linestyle="none", marker="o",
                       markersize=9, markerfacecolor="none", color=line.get_color())
     axes.axhline(threshold, color="black", linestyle="--", linewidth=1,
-                 label=f"threshold {threshold:g}")
+                 label=f"threshold {threshold:.3f}")
     axes.set_xlim(0.0, 1.0)
     axes.set_xlabel("fraction of pixels changed, most salient first")
     axes.set_ylabel("cosine similarity to the intact reference")

@@ -88,8 +88,13 @@ def test_dlib_150_round_trip_reproduces_dlib_chip(name):
 
     Measured: the similarity is within 6.5% scale, 3.4 degrees and 2.5 pixels
     of the identity; mean |difference| 0.024-0.077 over the inner 130x130
-    (0.22-0.29 for the ArcFace template scaled to 150, and 0.03-0.05 for the
-    chip against itself shifted by 2 pixels).
+    (0.22-0.29 for the ArcFace template scaled to 150, 3.3-7.4 times more,
+    and 0.03-0.05 for the chip against itself shifted by 2 pixels). The
+    bounds leave room for two landmark detectors (MTCNN's points, dlib's
+    shape predictor) to disagree by a few pixels. They do not depend on the
+    CPU: the figures above are the same to all printed digits under
+    XLA_FLAGS=--xla_cpu_max_isa=AVX2 and SSE4_2, while the narrowest margin is
+    1 pixel of shift (1.7 degrees, 3.7% scale, 0.033 mean difference).
     """
     chip = _chip(name)
     landmarks = _chip_landmarks(chip)
@@ -131,9 +136,12 @@ def test_pipeline_matches_dlib_descriptors(name):
     landmarks come from another detector, so the descriptors are close, not
     equal. Measured 0.095 (obama3) to 0.156; the port on dlib's own chips
     gives dlib's descriptors exactly, so the gap is the alignment (MTCNN's
-    points, a similarity fitted per face, vs dlib's shape predictor). Still
-    well inside dlib's same-person distances here (0.24-0.43) and far from
-    biden vs obama (0.82-0.87).
+    points, a similarity fitted per face, vs dlib's shape predictor). The
+    bound 0.2 is below dlib's smallest distance between two photos of the
+    same person here (0.24): the port's error stays below the difference
+    between two photos; biden vs obama is 0.82-0.87.
+    The distances are the same to 1e-5 under XLA_FLAGS=--xla_cpu_max_isa=AVX2
+    and SSE4_2 (descriptors move by at most 1.1e-6), against a margin of 0.044.
     """
     folder = _fixture_dir()
     names = (folder / "names.txt").read_text().split()
@@ -187,7 +195,22 @@ def test_lfw_dev_every_image_detected_and_aligned():
 
 
 def test_lfw_dev_verification_accuracy_at_dlib_threshold():
-    """Balanced verification accuracy >= 95.5% at dlib's 0.6 rule (dlib: 99.38% on LFW)."""
+    """Verification errors at dlib's 0.6 rule: as few as dlib's own, up to chance.
+
+    The reference is dlib itself on the same pairs (tests/fixtures/dlib/
+    lfw_errors.py): 14 errors of 654 (97.86%; below the 99.38% dlib reports
+    on LFW's protocol, as this subset pairs every two photos of an identity,
+    hard ones included). A pipeline as accurate as dlib's makes
+    Binomial(654, 14/654) errors, 30 or more with probability 1.1e-4: the
+    bound is 29 errors (accuracy 0.9557). Pairs share photos, so errors come
+    in clusters and the real tail is somewhat heavier. This pipeline makes 15
+    (97.71%): 5 shared with dlib, 10 on pairs dlib gets right, while dlib
+    errs on 9 pairs that this pipeline gets right.
+    A fault is far outside: chips cut on the ArcFace template scaled to 150
+    make 241. The count is the same on any x86-64 CPU: no pair's distance is
+    within 0.0017 of 0.6, and the descriptors move by at most 1.1e-6 under
+    XLA_FLAGS=--xla_cpu_max_isa=AVX2 or SSE4_2.
+    """
     paths = _lfw_images()
     _dlib_model()
     descriptors = _embed(_lfw_chips())
@@ -196,7 +219,7 @@ def test_lfw_dev_verification_accuracy_at_dlib_threshold():
     def distances(pairs):
         return np.linalg.norm(descriptors[pairs[:, 0]] - descriptors[pairs[:, 1]], axis=1)
 
-    correct = (np.sum(distances(same) < _DLIB_THRESHOLD)
-               + np.sum(distances(different) >= _DLIB_THRESHOLD))
-    accuracy = correct / (len(same) + len(different))
-    assert accuracy >= 0.955, f"accuracy {accuracy:.4f} over {2 * len(same)} pairs"
+    assert len(same) == len(different) == 327  # the pairs the bound was derived for
+    errors = int(np.sum(distances(same) >= _DLIB_THRESHOLD)
+                 + np.sum(distances(different) < _DLIB_THRESHOLD))
+    assert errors <= 29, f"{errors} errors over {2 * len(same)} pairs"
