@@ -62,7 +62,8 @@ def _raw_variables(directory):
 def _rewrite_variables(directory, path, edit):
     """Replace the checkpoint's variables by a well-formed copy whose array at `path` is `edit`ed.
 
-    The files stay perfectly readable for orbax: only the checksums can tell.
+    The files stay perfectly readable for orbax, and their digests are
+    re-recorded: only the array checksums can tell.
     """
     variables = _raw_variables(directory)
     flat = {jax.tree_util.keystr(p, simple=True, separator="/"): p
@@ -72,6 +73,11 @@ def _rewrite_variables(directory, path, edit):
     shutil.rmtree(directory / checkpoint.VARIABLES_DIR)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / checkpoint.VARIABLES_DIR, variables)
+    metadata_path = directory / checkpoint.METADATA_FILE
+    metadata = json.loads(metadata_path.read_text())
+    metadata[checkpoint.FILE_CHECKSUMS_KEY] = checkpoint.file_checksums(
+        directory / checkpoint.VARIABLES_DIR)
+    metadata_path.write_text(json.dumps(metadata))
 
 
 def _flip_one_bit(array):
@@ -223,9 +229,11 @@ def test_truncated_checkpoint_gives_one_stderr_line(weights, tmp_path):
         faces.append(tmp_path / f"{i}.png")
         Image.fromarray(np.full((112, 112, 3), value, np.uint8)).save(faces[-1])
     figure = tmp_path / "fig.png"
-    # orbax's abandoned reads printed up to ~1000 lines of asyncio tracebacks
-    # from other threads and the garbage collector, at times of their own: a
-    # separate process that waits and collects before exiting shows them all.
+    # A failed orbax restore left abandoned reads that printed up to ~1000
+    # lines of asyncio tracebacks and log records from other threads and the
+    # garbage collector, at times of their own; the recorded file digests now
+    # stop a damaged file before orbax reads it. A separate process that waits
+    # and collects before exiting would show any such noise.
     command = ("import gc, sys, time; from srise_jax.cli import main; status = main(sys.argv[1:]); "
                "time.sleep(0.5); gc.collect(); sys.exit(status)")
     result = subprocess.run(

@@ -1,15 +1,17 @@
 """Model checkpoints on disk: orbax variables plus a small JSON metadata file.
 
 Every converted model (ArcFace, dlib's ResNet) is a directory holding
-`metadata.json` (format name and version, provenance, and the SHA-256 of every
-array) and `variables/` (an orbax `StandardCheckpointer` checkpoint, restored
+`metadata.json` (format name and version, provenance, the SHA-256 of every file
+and of every array) and `variables/` (an orbax `StandardCheckpointer` checkpoint, restored
 against an abstract tree).
 
 orbax restores damaged bytes without complaint when the damage leaves the
 files' structure intact (a flipped block inside an array reads back as garbage
-or NaN), so the arrays are checked against the digests recorded when they were
-written. Checkpoints written before the digests existed (no ``array_sha256`` in
-their metadata) still load, with a warning that they cannot be verified.
+or NaN), and a truncated file makes it fail noisily. So the files are checked
+against the digests recorded when they were written before orbax reads them,
+and the restored arrays against theirs after. Checkpoints written before the
+digests existed (no ``array_sha256`` in their metadata) still load, with a
+warning that they cannot be verified.
 """
 
 from __future__ import annotations
@@ -32,6 +34,31 @@ METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
 # Metadata entry: tree path of each array ("params/conv/kernel") -> hex SHA-256.
 CHECKSUMS_KEY = "array_sha256"
+# Metadata entry: path of each file under `VARIABLES_DIR` -> hex SHA-256. They
+# are checked before orbax reads anything: a truncated or altered file is then
+# one clear error instead of a failed restore, whose abandoned asynchronous
+# reads print tracebacks through several channels for a while afterwards.
+FILE_CHECKSUMS_KEY = "file_sha256"
+
+
+def file_checksums(directory: str | Path) -> dict[str, str]:
+    """The SHA-256 of every file below `directory`, keyed by its relative path.
+
+    Args:
+      directory: a directory, e.g. a checkpoint's `VARIABLES_DIR`.
+
+    Returns:
+      ``{"manifest.ocdbt": hex digest, ...}`` in sorted path order.
+    """
+    directory = Path(directory)
+    digests = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        digests[path.relative_to(directory).as_posix()] = digest.hexdigest()
+    return digests
 
 
 def _array_digests(variables: Any) -> Iterator[tuple[str, str]]:
@@ -112,6 +139,7 @@ def save_checkpoint(variables: Any, directory: str | Path, *, metadata: dict[str
         new.mkdir()
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(new / VARIABLES_DIR, variables)
+        metadata[FILE_CHECKSUMS_KEY] = file_checksums(new / VARIABLES_DIR)
         (new / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if directory.exists() or directory.is_symlink():
             directory.rename(staging / "old")  # deleted with the staging directory
@@ -164,11 +192,12 @@ def read_checkpoint_metadata(directory: str | Path, *, format: str, version: int
         raise ValueError(
             f"{path}: format version {metadata.get('format_version')!r}, this srise-jax reads {version}"
         )
-    checksums = metadata.get(CHECKSUMS_KEY)
-    if checksums is not None and not (
-        isinstance(checksums, dict) and all(isinstance(v, str) for v in checksums.values())
-    ):
-        raise ValueError(f"{path}: corrupt metadata ({CHECKSUMS_KEY} is not a table of digests)")
+    for key in (CHECKSUMS_KEY, FILE_CHECKSUMS_KEY):
+        checksums = metadata.get(key)
+        if checksums is not None and not (
+            isinstance(checksums, dict) and all(isinstance(v, str) for v in checksums.values())
+        ):
+            raise ValueError(f"{path}: corrupt metadata ({key} is not a table of digests)")
     return metadata
 
 
@@ -197,9 +226,12 @@ def _is_orbax_teardown_noise(unraisable: Any) -> bool:
 def _silence_orbax_teardown() -> None:
     """Drop the debris of a failed restore from ``sys.unraisablehook``; pass on everything else.
 
-    Installed once, and only after a restore has failed: the debris arrives
-    from other threads for a while after the failure, so a hook restored on
-    return would miss it.
+    Installed once, before the first restore, and left in place: TensorStore's
+    threads can report into the closed loop before the failed restore's
+    exception even reaches the caller, and keep doing so for a while after
+    it, so a hook installed on failure, or removed on return, would miss some
+    (a race that printed a 7-line traceback in one of three runs). It drops
+    nothing else: see `_is_orbax_teardown_noise`.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_srise_jax_filter", False):
@@ -240,9 +272,10 @@ def restore_variables(directory: str | Path, abstract: Any, *, metadata: Mapping
     """Restore a checkpoint's variables against an abstract tree and verify their checksums.
 
     A failed restore leaves orbax's abandoned reads behind, which Python would
-    print as hundreds of lines of "Exception ignored" tracebacks; from then on
-    exactly those are dropped from ``sys.unraisablehook`` (see
-    `_is_orbax_teardown_noise`), so the error raised here is the only report.
+    print as hundreds of lines of "Exception ignored" tracebacks; exactly those
+    are dropped from ``sys.unraisablehook`` (installed before the first
+    restore; see `_silence_orbax_teardown`), so the error raised here is the
+    only report.
 
     Args:
       directory: a directory written by `save_checkpoint`.
@@ -265,13 +298,21 @@ def restore_variables(directory: str | Path, abstract: Any, *, metadata: Mapping
     variables_dir = directory / VARIABLES_DIR
     if not variables_dir.is_dir():
         raise FileNotFoundError(f"{variables_dir}: missing; the checkpoint in {directory} is incomplete")
+    recorded = metadata.get(FILE_CHECKSUMS_KEY)
+    if recorded is not None:
+        found = file_checksums(variables_dir)
+        for name, digest in recorded.items():
+            if found.get(name) != digest:
+                problem = "is missing" if name not in found else "does not match its checksum"
+                raise ValueError(f"{variables_dir}: corrupt {what} (file {name} {problem} in "
+                                 f"{METADATA_FILE}); convert the weights again")
+    _silence_orbax_teardown()
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             variables = checkpointer.restore(variables_dir, abstract)
     # orbax and tensorstore raise many exception types for damaged files; at
     # this boundary all of them mean the same thing to the caller.
     except Exception as err:  # noqa: BLE001
-        _silence_orbax_teardown()
         raise ValueError(f"{variables_dir}: corrupt {what} ({_root_cause(err)})") from err
     checksums = metadata.get(CHECKSUMS_KEY)
     if checksums is None:
