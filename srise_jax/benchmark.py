@@ -426,7 +426,7 @@ AUCS = ("deletion_auc", "insertion_auc")
 # Why `summarize` excluded a row: a pair the model rejects is not scored
 # (the row's "match" is false); a NaN or empty fraction of a row that gives
 # no "<metric>_reason" (rows written before reasons existed) is `NO_REASON`.
-REJECTED = "rejected"
+REJECTED = metrics.UNDEFINED_REASONS[0]  # "rejected", as metrics names it
 NO_REASON = "no_reason_given"
 _NO_REASON_TEXT = "NaN or empty, and the row gives no reason"
 

@@ -724,10 +724,7 @@ def _print_summary(run: _Run, *, threshold: float,
         print(f"{label:<{width}}  cosine {value:+.4f}  {verdict} at threshold {threshold:g}")
     if run.results is not None:
         print("fraction of pixels that flips the decision (smaller is better):")
-        # Each map named "<its image> vs <the intact image>", by role.
-        role_of = dict(zip(viz.ROLES, roles))
-        names = {name: " vs ".join(role_of[part] for part in name.split("_vs_"))
-                 for name in run.results}
+        names = {name: viz.map_label(name, roles) for name in run.results}
         width = max(len("map"), *map(len, names.values()))
         print(f"  {'map':<{width}} {'deletion':>20} {'insertion':>20}")
         for name, by_metric in run.results.items():

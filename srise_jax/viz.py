@@ -201,7 +201,7 @@ def plot_triplet(
     bar_axes.tick_params(labelsize="small")
     bar_figure.text(0.5, 0.42, label, ha="center", va="top", fontsize="small", wrap=True)
     level_axes = level_figure.subplots()
-    _draw_levels(level_axes, levels, triplet, by_face=by_face, threshold=threshold,
+    _draw_levels(level_axes, levels, triplet, roles=roles, threshold=threshold,
                  with_range=normalize == "coverage")
     if title is not None:
         figure.suptitle(title)
@@ -250,7 +250,7 @@ def _check_coverage(levels: Mapping[str, _Level]) -> None:
 
 
 def _draw_levels(axes, levels: Mapping[str, _Level], triplet: srise.TripletSaliency, *,
-                 by_face: Mapping[str, str], threshold: float | None,
+                 roles: Sequence[str], threshold: float | None,
                  with_range: bool) -> None:
     """Where each map lies in cosine units: the paper's "shallower" cue, made explicit."""
     axes.set_label("levels")
@@ -272,14 +272,27 @@ def _draw_levels(axes, levels: Mapping[str, _Level], triplet: srise.TripletSalie
     if threshold is not None:
         axes.axvline(threshold, color="black", linestyle="--", linewidth=1,
                      label=f"threshold {threshold:.3f}")
-    axes.set_yticks(list(rows), [" vs ".join(by_face[face] for face in name.split("_vs_"))
-                                 for name in MAP_NAMES],
+    axes.set_yticks(list(rows), [map_label(name, roles) for name in MAP_NAMES],
                     fontsize="x-small")
     axes.set_ylim(0.4, len(MAP_NAMES) + 0.6)
     axes.tick_params(axis="x", labelsize="x-small")
     axes.set_xlabel("cosine similarity", fontsize="small")
     axes.set_title("each map's level in cosine units: lower is shallower", fontsize="small")
     axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
+def map_label(name: str, roles: Sequence[str] = ROLES) -> str:
+    """A map of `MAP_NAMES` named by the faces' roles: "<its image> vs <the intact one>".
+
+    Args:
+      name: one of `MAP_NAMES`, e.g. "probe_vs_nonmate".
+      roles: the names of (probe, mate, nonmate), as in `plot_triplet`.
+
+    Returns:
+      E.g. "probe vs probe with a surgical mask".
+    """
+    role_of = dict(zip(ROLES, roles))
+    return " vs ".join(role_of[face] for face in name.split("_vs_"))
 
 
 def _decision_text(similarity: float, threshold: float | None) -> str:

@@ -7,7 +7,6 @@ import socket
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from conftest import assert_one_error_line, region_embed
 

@@ -343,12 +343,11 @@ def test_bad_values_raise_eagerly_and_are_invalid_under_jit():
     with pytest.raises(ValueError, match="saliency holds"):
         similarity_curve(*args, CASE.image, CASE.mate, saliency, mode="deletion")
     # Traced values cannot raise: the result says why it is undefined.
-    for name, values in (("deletion", (CASE.image, CASE.maps["random"], np.nan)),
-                         ("insertion", (CASE.image, saliency, THRESHOLD)),
-                         ("deletion", (image, CASE.maps["random"], THRESHOLD))):
-        picture, smap, threshold = values
-        result = CASE.run(name, smap, threshold, step=16) if picture is CASE.image \
-            else _jitted(name, CASE.embed_fn, 16, 16)(CASE.params, picture, CASE.mate,
+    for name, picture, smap, threshold in (
+            ("deletion", CASE.image, CASE.maps["random"], np.nan),
+            ("insertion", CASE.image, saliency, THRESHOLD),
+            ("deletion", image, CASE.maps["random"], THRESHOLD)):
+        result = _jitted(name, CASE.embed_fn, 16, 16)(CASE.params, picture, CASE.mate,
                                                       smap, threshold)
         assert np.isnan(float(result.fraction))
         assert undefined_reason(result) == "invalid_input"
