@@ -66,29 +66,39 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 import srise_jax
-from srise_jax import (ablation, align, benchmark, cli, data, images, metrics, models,
-                       outputs, protocols, srise, viz)
-from srise_jax.explainers import perturbation
+from srise_jax import (ablation, align, benchmark, images, metrics, models,
+                       outputs, protocols, viz)
+from srise_jax.cli import common
 
 COLUMNS = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
            "similarity", "match", "deletion", "insertion", "deletion_reason",
            "insertion_reason", "deletion_auc", "insertion_auc", "seconds",
            "deletion_curve", "insertion_curve")
+
+
 # What results.csv held before the reason columns: its undefined fractions
 # can read 1.0 (Deletion that never flips), so its rows cannot be resumed.
 _COLUMNS_WITHOUT_REASONS = tuple(c for c in COLUMNS if not c.endswith("_reason"))
+
+
 # Settings that must agree for a rerun to add to a directory's results.
 _RUN_KEYS = ("model", "weights", "data", "num_triplets", "seed", "threshold", "size",
              "metric_step", "curve_points", "ablation")
+
+
 _SAMPLE = "sample"
+
+
 _DEFAULT_NUM_TRIPLETS = 50
+
+
 # The run directory's lock file (`outputs.lock_directory`): two runs appending
 # to one results.csv would write every row twice.
 _LOCK = ".lock"
 
 
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add `benchmark` and `figures` to the `srise-jax` parser."""
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """Add `benchmark` to the `srise-jax` parser."""
     bench = commands.add_parser(
         "benchmark", help="Deletion/Insertion of many explainers on many triplets (Table 1)",
         description="Run every method on the same triplets, score each map of every pair "
@@ -99,7 +109,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "OUT/convergence.png. Rerunning with the same OUT resumes. "
                     "--triplet-batch spreads batches of triplets over the devices; "
                     "--distributed spreads the triplets over processes on several hosts.")
-    cli._add_model_options(bench)
+    common.add_model_options(bench)
     bench.add_argument("--data", required=True,
                        help="'sample' (the bundled protocol: nine triplets of the sample "
                             "photos, four of them self-occlusions) or a directory of "
@@ -108,7 +118,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--methods", default=",".join(benchmark.DEFAULT_METHODS),
                        help="comma-separated explainers, name or name@N (masks, samples "
                             "or steps) (default: %(default)s)")
-    bench.add_argument("--num-triplets", type=cli._positive_int,
+    bench.add_argument("--num-triplets", type=common.positive_int,
                        help=f"triplets drawn from DIR (default: {_DEFAULT_NUM_TRIPLETS}; "
                             "with --data sample: all nine)")
     bench.add_argument("--ablation", action="store_true",
@@ -118,34 +128,34 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--settings",
                        help="with --ablation: comma-separated settings of the grid to run "
                             f"(default: all: {', '.join(ablation.GRID)})")
-    bench.add_argument("--num-masks", type=cli._positive_int, default=200,
+    bench.add_argument("--num-masks", type=common.positive_int, default=200,
                        help="masks per map in the ablation (default: %(default)s)")
-    bench.add_argument("--seed", type=cli._seed, default=0,
+    bench.add_argument("--seed", type=common.seed_value, default=0,
                        help="seed of the triplet sampler and the explainers "
                             "(default: %(default)s)")
-    bench.add_argument("--threshold", type=cli._similarity,
+    bench.add_argument("--threshold", type=common.threshold_value,
                        help="verification threshold on the cosine similarity (default: "
                             f"the model's: dlib {models.DLIB_THRESHOLD:.4g}, ArcFace "
-                            f"{cli._ARCFACE_THRESHOLD:g})")
-    bench.add_argument("--batch-size", type=cli._positive_int, default=64,
+                            f"{common.ARCFACE_THRESHOLD:g})")
+    bench.add_argument("--batch-size", type=common.positive_int, default=64,
                        help="images per forward pass of the explainers (default: %(default)s)")
-    bench.add_argument("--metric-batch", type=cli._positive_int, default=32,
+    bench.add_argument("--metric-batch", type=common.positive_int, default=32,
                        help="images per forward pass of Deletion/Insertion (default: "
                             "%(default)s)")
-    bench.add_argument("--metric-step", type=cli._positive_int,
+    bench.add_argument("--metric-step", type=common.positive_int,
                        help="Deletion/Insertion coarse-search step (default: sqrt of the "
                             "pixel count; the fractions are exact either way)")
-    bench.add_argument("--curve-points", type=cli._integer_in(2, 100_001, "an integer >= 2"),
+    bench.add_argument("--curve-points", type=common.integer_in(2, 100_001, "an integer >= 2"),
                        default=33, help="points of each AUC curve (default: %(default)s)")
     bench.add_argument("--explain-rejected", action="store_true",
                        help="also explain the pairs the model rejects (they are never "
                             "scored; by default their rows hold only the similarity)")
-    bench.add_argument("--save-maps", type=cli._integer_in(0, sys.maxsize, "an integer >= 0"),
+    bench.add_argument("--save-maps", type=common.integer_in(0, sys.maxsize, "an integer >= 0"),
                        default=2, help="keep the maps of the first K triplets in OUT/maps "
                                        "(default: %(default)s)")
-    bench.add_argument("--bootstrap", type=cli._positive_int, default=10_000,
+    bench.add_argument("--bootstrap", type=common.positive_int, default=10_000,
                        help="bootstrap resamples for the intervals (default: %(default)s)")
-    bench.add_argument("--triplet-batch", type=cli._positive_int, default=1, metavar="K",
+    bench.add_argument("--triplet-batch", type=common.positive_int, default=1, metavar="K",
                        help="explain and score K triplets at once, vmapped, the batch "
                             "sharded over all devices of the process (padded to a "
                             "multiple of the device count); with K <= devices the rows "
@@ -160,42 +170,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--coordinator", metavar="HOST:PORT",
                        help="with --distributed: address of process 0's coordination "
                             "service (default: $JAX_COORDINATOR_ADDRESS)")
-    bench.add_argument("--num-processes", type=cli._positive_int, metavar="N",
+    bench.add_argument("--num-processes", type=common.positive_int, metavar="N",
                        help="with --distributed: number of processes (default: "
                             "$JAX_NUM_PROCESSES)")
-    bench.add_argument("--process-id", type=cli._integer_in(0, sys.maxsize,
+    bench.add_argument("--process-id", type=common.integer_in(0, sys.maxsize,
                                                             "an integer >= 0"),
                        metavar="I", help="with --distributed: this process's index in "
                                          "[0, N) (default: $JAX_PROCESS_ID)")
     bench.add_argument("--out", required=True, type=Path, help="directory for the results")
-    bench.set_defaults(command=_benchmark)
-
-    figures = commands.add_parser(
-        "figures", help="the paper's Figures 3-6 on the sample photos",
-        description="Regenerate the paper's figures on the bundled sample photos with a "
-                    "real model: fig3 (a verification triplet), fig4 (the hardest "
-                    "non-match pair of the sample protocol), fig5 (self-occlusion: mask "
-                    "and sunglasses), fig6 (S-RISE after 10, 100, 500 and 1000 masks).")
-    cli._add_model_options(figures)
-    figures.add_argument("--num-masks", type=cli._positive_int, default=500,
-                         help="masks per pair for figs 3-5 (default: %(default)s)")
-    figures.add_argument("--batch-size", type=cli._positive_int, default=64,
-                         help="images per forward pass (default: %(default)s)")
-    figures.add_argument("--seed", type=cli._seed, default=0,
-                         help="random seed (default: %(default)s)")
-    figures.add_argument("--normalize", choices=srise.NORMALIZE, default="coverage",
-                         help="figs 3-5: 'coverage' (the library's default estimator) or "
-                              "'none' (the paper's plain sum) (default: %(default)s)")
-    figures.add_argument("--preset", choices=tuple(ablation.PRESETS),
-                         help="figs 3-5: S-RISE settings by name ('paper': the paper as "
-                              "written); overrides --normalize")
-    figures.add_argument("--convergence", type=_counts,
-                         default=benchmark.PAPER_ITERATIONS,
-                         help="mask counts of fig6, comma-separated (default: "
-                              "10,100,500,1000)")
-    figures.add_argument("--out", type=Path, default=Path("srise-figures"),
-                         help="directory for fig3.png ... fig6.png (default: %(default)s)")
-    figures.set_defaults(command=_figures)
+    bench.set_defaults(command=run)
 
 
 def _settings_grid(spec: str | None) -> dict:
@@ -205,28 +188,12 @@ def _settings_grid(spec: str | None) -> dict:
     names = [name.strip() for name in spec.split(",") if name.strip()]
     unknown = [name for name in names if name not in ablation.GRID]
     if unknown or not names:
-        raise cli._UsageError(f"--settings: unknown setting(s) {', '.join(unknown) or '(none)'}; "
+        raise common.UsageError(f"--settings: unknown setting(s) {', '.join(unknown) or '(none)'}; "
                               f"available: {', '.join(ablation.GRID)}")
     return {name: ablation.GRID[name] for name in names}
 
 
-def _counts(text: str) -> tuple[int, ...]:
-    """An argparse type: increasing positive integers "10,100,500"."""
-    try:
-        counts = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        counts = ()
-    if not counts or counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
-        raise argparse.ArgumentTypeError(
-            f"must be increasing positive integers separated by commas, got {text!r}")
-    return counts
-
-
-# ----------------------------------------------------------------------------
-# srise-jax benchmark
-# ----------------------------------------------------------------------------
-
-def _benchmark(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """`srise-jax benchmark`, holding the lock on --out (`_run_benchmark`) until it ends."""
     with contextlib.ExitStack() as held:
         return _run_benchmark(args, held)
@@ -236,13 +203,13 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     """The benchmark; the run directory's lock goes on `held`, which outlives it."""
     out = args.out
     if out.exists() and not out.is_dir():
-        raise cli._UsageError(f"{out}: exists and is not a directory")
+        raise common.UsageError(f"{out}: exists and is not a directory")
     if args.ablation:
         settings = _settings_grid(args.settings)
     else:
         methods = benchmark.parse_methods(args.methods)
-    name = cli._model_name(args)
-    size, template = cli._FRAMES[name]
+    name = common.model_name(args)
+    size, template = common.FRAMES[name]
     triplets = _triplets(args)
     process, processes = _start_processes(args)
     # Before the model loads, so that a second run on this directory fails at
@@ -250,7 +217,7 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     # is the one a single-process run takes.
     held.enter_context(outputs.lock_directory(
         out, name=_LOCK if process == 0 else f"{_LOCK}.{process}"))
-    model = cli._load_model(args, name)
+    model = common.load_model(args, name)
     threshold = model.threshold if args.threshold is None else args.threshold
     step = args.metric_step or math.isqrt(size * size)
     run = {"model": model.settings, "weights": str(args.weights) if args.weights else None,
@@ -306,8 +273,8 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                 try:
                     loaded.append((t, tuple(faces.get(entry) for entry in triplets[t])))
                 except (align.NoFaceError, images.ImageError) as err:
-                    print(f"{cli.PROG}: warning: triplet {t} skipped: "
-                          f"{cli._first_line(err)}", file=sys.stderr)
+                    print(f"{common.PROG}: warning: triplet {t} skipped: "
+                          f"{common.first_line(err)}", file=sys.stderr)
                     skipped += 1
                     bar.update(len(todo))
             if not loaded:
@@ -350,10 +317,10 @@ def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
     if not args.distributed:
         given = [flags[name] for name in flags if getattr(args, name) is not None]
         if given:
-            raise cli._UsageError(f"{', '.join(given)}: only with --distributed")
+            raise common.UsageError(f"{', '.join(given)}: only with --distributed")
         return 0, 1
-    parsers = {"coordinator": str, "num_processes": cli._positive_int,
-               "process_id": cli._integer_in(0, sys.maxsize, "an integer >= 0")}
+    parsers = {"coordinator": str, "num_processes": common.positive_int,
+               "process_id": common.integer_in(0, sys.maxsize, "an integer >= 0")}
     values, missing = {}, []
     for name, variable in _DISTRIBUTED_ENV.items():
         value = getattr(args, name)
@@ -361,24 +328,24 @@ def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
             try:
                 value = parsers[name](os.environ[variable])
             except argparse.ArgumentTypeError as err:
-                raise cli._UsageError(f"${variable}: {err}") from None
+                raise common.UsageError(f"${variable}: {err}") from None
         if value is None:
             missing.append(f"{flags[name]} (or ${variable})")
         values[name] = value
     if missing:
-        raise cli._UsageError(f"--distributed needs {', '.join(missing)}")
+        raise common.UsageError(f"--distributed needs {', '.join(missing)}")
     host, _, port = values["coordinator"].rpartition(":")
     if not host or not port.isdigit():
-        raise cli._UsageError(f"--coordinator {values['coordinator']}: expected HOST:PORT")
+        raise common.UsageError(f"--coordinator {values['coordinator']}: expected HOST:PORT")
     if values["process_id"] >= values["num_processes"]:
-        raise cli._UsageError(f"--process-id {values['process_id']} is not below "
+        raise common.UsageError(f"--process-id {values['process_id']} is not below "
                               f"--num-processes {values['num_processes']}")
     try:
         jax.distributed.initialize(coordinator_address=values["coordinator"],
                                    num_processes=values["num_processes"],
                                    process_id=values["process_id"])
     except RuntimeError as err:
-        raise cli._UsageError(f"--distributed: {cli._first_line(err)}") from None
+        raise common.UsageError(f"--distributed: {common.first_line(err)}") from None
     return jax.process_index(), jax.process_count()
 
 
@@ -405,7 +372,7 @@ def _triplets(args: argparse.Namespace) -> list[protocols.Triplet]:
         return triplets
     root = Path(args.data)
     if not root.is_dir():
-        raise cli._UsageError(f"--data {args.data}: not a directory (or 'sample')")
+        raise common.UsageError(f"--data {args.data}: not a directory (or 'sample')")
     identities = protocols.read_identity_folders(root)
     count = args.num_triplets or _DEFAULT_NUM_TRIPLETS
     return [protocols.Triplet(*(str(Path(p).relative_to(root)) for p in triplet))
@@ -447,7 +414,7 @@ def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet], *,
             raise ValueError(f"{path}: not a benchmark run file ({err})") from None
         for key in _RUN_KEYS:
             if before.get(key) != json.loads(json.dumps(run[key])):
-                raise cli._UsageError(
+                raise common.UsageError(
                     f"{out} holds a run with {key} = {json.dumps(before.get(key))}, "
                     f"this one asks for {json.dumps(run[key])}: use another --out")
         return
@@ -459,7 +426,7 @@ def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet], *,
     writer.writerows((t, *triplet) for t, triplet in enumerate(triplets))
     with viz.atomic_file(out / "triplets.csv") as file:
         file.write(listing.getvalue().encode())
-    cli._write_json(path, {**run, "srise_jax_version": srise_jax.__version__})
+    common.write_json(path, {**run, "srise_jax_version": srise_jax.__version__})
 
 
 class _Rows(NamedTuple):
@@ -529,7 +496,7 @@ def _keys(rows: Sequence[dict]) -> list[tuple[int, str]]:
 def _report_dropped(results: Path, found: _Rows) -> None:
     """Say on stderr, in one line, which lines of a results file were left out."""
     if found.dropped:
-        print(f"{cli.PROG}: warning: {results}: left out {'; '.join(found.dropped)}; "
+        print(f"{common.PROG}: warning: {results}: left out {'; '.join(found.dropped)}; "
               f"kept {len(found.kept)} row(s)", file=sys.stderr)
 
 
@@ -769,7 +736,7 @@ def _write_reports(out: Path, run: dict, labels: Sequence[str], model, args) -> 
     title = (f"{model.label}, threshold {run['threshold']:g}, data {run['data']}, "
              f"{run['num_triplets']} triplets")
     text = (f"# Deletion / Insertion benchmark\n\n{title}.\n\n"
-            f"Command: `{' '.join([cli.PROG, *sys.argv[1:]])}`\n\n"
+            f"Command: `{' '.join([common.PROG, *sys.argv[1:]])}`\n\n"
             + benchmark.format_table(table))
     written = [out / "table.md", out / "curves.png"]
     with viz.atomic_file(written[0]) as file:
@@ -801,73 +768,3 @@ def _write_reports(out: Path, run: dict, labels: Sequence[str], model, args) -> 
                                  title=f"S-RISE after N masks (Fig. 6), {model.label}")
     return written
 
-
-# ----------------------------------------------------------------------------
-# srise-jax figures
-# ----------------------------------------------------------------------------
-
-# What `data.occlude` paints, as a figure names it.
-_OCCLUDERS = {"mask": "a surgical mask", "sunglasses": "sunglasses"}
-
-
-def _figures(args: argparse.Namespace) -> int:
-    out = args.out
-    if out.exists() and not out.is_dir():
-        raise cli._UsageError(f"{out}: exists and is not a directory")
-    name = cli._model_name(args)
-    model = cli._load_model(args, name)
-    threshold = model.threshold
-    face = lambda entry: protocols.load_protocol_face(entry, size=model.size,
-                                                      template=model.template)
-    run_args = argparse.Namespace(num_masks=args.num_masks, batch_size=args.batch_size,
-                                  normalize=args.normalize, preset=args.preset,
-                                  share_probe_masks=False,
-                                  metric_step=None, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def triplet_figure(path: Path, entries: Sequence[str], title: str,
-                       roles: Sequence[str] = viz.ROLES) -> None:
-        faces = tuple(face(e) for e in entries)
-        run = cli._compute(run_args, model, faces, threshold=threshold, with_metrics=True)
-        viz.plot_triplet(*faces, run.triplet, path=path, scores=run.results,
-                         threshold=threshold, roles=roles, normalize=run.config.normalize,
-                         title=f"{title} ({model.label}, N = {args.num_masks})")
-        written.append(path)
-
-    print("fig3: verification triplet", flush=True)
-    triplet_figure(out / "fig3.png", ("obama", "obama2", "biden"),
-                   "Fig. 3: probe, mate, nonmate")
-    # Fig. 4 of the paper shows a false match. The sample photos have none, so
-    # the figure shows the protocol's non-match pair closest to a match.
-    hardest = max((t for t in protocols.sample_protocol() if "+" not in t.nonmate),
-                  key=lambda t: benchmark.triplet_similarities(
-                      model.embed_fn, model.params, *(face(e) for e in t))["nonmate"])
-    print(f"fig4: hardest non-match pair {hardest.probe} / {hardest.nonmate}", flush=True)
-    triplet_figure(out / "fig4.png", hardest,
-                   f"Fig. 4: the non-match pair closest to a match "
-                   f"({hardest.probe} vs {hardest.nonmate}; no false match on the samples)")
-    for kind in data.OCCLUSION_KINDS:
-        # The third face is the probe itself: named for what it is, since
-        # the model may accept it.
-        occluded = f"probe with {_OCCLUDERS.get(kind, f'a {kind}')}"
-        print(f"fig5: self-occlusion, {occluded}", flush=True)
-        triplet_figure(out / f"fig5_{kind}.png", ("obama", "obama2", f"obama+{kind}"),
-                       f"Fig. 5: self-occlusion triplet, {occluded}",
-                       roles=("probe", "mate", occluded))
-    print("fig6: convergence", flush=True)
-    convergence = jax.jit(perturbation.srise_convergence, static_argnums=(0,),
-                          static_argnames=("counts", "batch_size"))
-    figure_rows = {}
-    for t, (probe_name, mate_name) in enumerate((("obama", "obama2"), ("obama2", "obama3"))):
-        probe, mate = face(probe_name), face(mate_name)
-        maps = convergence(model.embed_fn, model.params, probe, mate,
-                           jax.random.fold_in(jax.random.key(args.seed), t),
-                           counts=args.convergence, batch_size=args.batch_size)
-        figure_rows[f"{probe_name} vs {mate_name}"] = (
-            probe, {f"N = {n}": m for n, m in zip(args.convergence, maps)})
-    written.append(out / "fig6.png")
-    viz.plot_convergence(figure_rows, path=written[-1],
-                         title=f"Fig. 6: S-RISE after N masks ({model.label})")
-    print(f"wrote {', '.join(str(path) for path in written)}")
-    return 0

@@ -1,0 +1,33 @@
+"""`srise-jax convert`: an arcface_torch state dict to a checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from srise_jax import models
+from weights_conversion.arcface import convert_file
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """Add `convert` to the `srise-jax` parser."""
+    convert = commands.add_parser(
+        "convert", help="convert an arcface_torch iResNet state dict for `explain`",
+        description="Convert an insightface arcface_torch iResNet state dict (.pth, read "
+                    "with torch.load(weights_only=True)) into a checkpoint directory.")
+    convert.add_argument("pth", type=Path, help="the PyTorch state dict, e.g. backbone.pth")
+    convert.add_argument("out_dir", type=Path, help="checkpoint directory to create")
+    convert.add_argument("--arch", choices=list(models.ARCH_BLOCKS),
+                         help="default: inferred from the number of blocks per stage")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    convert.set_defaults(command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`srise-jax convert`: an arcface_torch state dict to a checkpoint directory."""
+    # weights_conversion.arcface.main prints its errors in its own format;
+    # convert_file does the same work and leaves the exception to `main`.
+    out_dir = convert_file(args.pth, args.out_dir, arch=args.arch, overwrite=args.overwrite)
+    print(f"wrote {out_dir}")
+    return 0
+
