@@ -52,11 +52,10 @@ def jax_stages(params: dict) -> list[tuple[str, callable]]:
 
     p = params["params"]
 
-    def scale(x):
-        return (x * 255.0 - jnp.asarray(dlib_resnet._MEAN_RGB, jnp.float32)) / dlib_resnet._INPUT_SCALE
+    scale = dlib_resnet.normalize_input
 
     def conv(x):
-        padding = tuple(dlib_resnet._dlib_padding(n, 7, 2) for n in x.shape[1:3])
+        padding = tuple(dlib_resnet.dlib_padding(n, 7, 2) for n in x.shape[1:3])
         return nn.Conv(32, (7, 7), strides=2, padding=padding).apply({"params": p["conv"]}, x)
 
     def stem(x):
@@ -64,7 +63,7 @@ def jax_stages(params: dict) -> list[tuple[str, callable]]:
         return nn.max_pool(x, (3, 3), strides=(2, 2))
 
     blocks, index = [], 0
-    for features, count, downsample in dlib_resnet._LEVELS:
+    for features, count, downsample in dlib_resnet.LEVELS:
         for i in range(count):
             module = dlib_resnet.Residual(features, downsample and i == 0)
             sub = {"params": p[f"block{index}"]}
@@ -72,7 +71,7 @@ def jax_stages(params: dict) -> list[tuple[str, callable]]:
                            jax.jit(lambda x, m=module, v=sub: m.apply(v, x))))
             index += 1
     def patch_conv(x):
-        padding = tuple(dlib_resnet._dlib_padding(n, 7, 2) for n in x.shape[1:3])
+        padding = tuple(dlib_resnet.dlib_padding(n, 7, 2) for n in x.shape[1:3])
         return dlib_resnet.PatchConv(32, 7, 2, padding).apply({"params": p["conv"]}, x)
 
     return [("stem", jax.jit(stem)), ("stem conv only", jax.jit(lambda x: conv(scale(x)))),

@@ -16,60 +16,24 @@ single map's distribution, hence not its Deletion/Insertion in expectation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 
-from srise_jax import benchmark, srise
+from srise_jax import presets
+from srise_jax.benchmark.methods import ExplainPart, MethodSet, method_key
 from srise_jax.explainers import perturbation
+from srise_jax.typing import EmbedFn
 
-# The presets (`srise.PRESETS`): the paper's settings, and the setting the
-# ablation finds clearly more faithful (benchmarks/RESULTS.md).
-PRESETS = srise.PRESETS
-PAPER = PRESETS["paper"]
-MEAN_FILL = PRESETS["mean_fill"]
-
-GRID: dict[str, dict[str, Any]] = {
-    "paper": PAPER,
-    "normalize=coverage": {**PAPER, "normalize": "coverage"},
-    "combine=sum": {**PAPER, "combine": "sum"},
-    "combine=occlude": {**PAPER, "combine": "occlude"},
-    "fill=mean": {**PAPER, "fill": "mean"},
-    "fill=blur": {**PAPER, "fill": "blur"},
-    "patches=25": {**PAPER, "num_patches": 25},
-    "sigma=14": {**PAPER, "sigma": 14.0, "kernel_size": 80},
-    "coverage+fill=mean": MEAN_FILL,
-}
+# The presets and the grid are named settings like any other: they live in
+# `srise_jax.presets` (below the explainers), re-exported here.
+PRESETS, PAPER, MEAN_FILL, GRID, preset = (
+    presets.PRESETS, presets.PAPER, presets.MEAN_FILL, presets.GRID, presets.preset)
 
 
-def preset(name: str, **overrides: Any) -> srise.SRiseConfig:
-    """An `SRiseConfig` from a named preset ("paper", "mean_fill") or grid setting.
-
-    "paper" is the paper's S-RISE (black fill, plain sum, 100 patches of
-    sigma 7); "mean_fill" fills the masked-out pixels with the image's mean
-    and normalises by coverage, the more faithful setting of the ablation.
-    `SRiseConfig()`'s own defaults (coverage, black fill) are neither.
-
-    Args:
-      name: a key of `PRESETS` or `GRID`.
-      **overrides: other `SRiseConfig` fields (num_masks, batch_size, ...).
-
-    Returns:
-      The `SRiseConfig` of those settings with `overrides` applied.
-
-    Raises:
-      ValueError: unknown name (the message lists the known ones).
-    """
-    settings = {**GRID, **PRESETS}
-    if name not in settings:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(settings)}")
-    return srise.SRiseConfig(**{**settings[name], **overrides})
-
-
-def make_explain_fns(embed_fn: Callable, grid: Mapping[str, Mapping[str, Any]], *,
-                     num_masks: int, batch_size: int = 64
-                     ) -> tuple[benchmark.ExplainPart, ...]:
+def make_explain_fns(embed_fn: EmbedFn, grid: Mapping[str, Mapping[str, Any]], *,
+                     num_masks: int, batch_size: int = 64) -> tuple[ExplainPart, ...]:
     """Each setting as a jitted S-RISE explainer, in the benchmark's form.
 
     Every setting draws its patch centres from the same key (the job's
@@ -83,15 +47,36 @@ def make_explain_fns(embed_fn: Callable, grid: Mapping[str, Mapping[str, Any]], 
       batch_size: masked images per forward pass.
 
     Returns:
-      One `benchmark.ExplainPart` per setting.
+      One `srise_jax.benchmark.ExplainPart` per setting.
     """
     parts = []
     for label, options in grid.items():
         def run(params, image, reference, key, _label=label, _options=dict(options)):
             saliency = perturbation.srise_map(
-                embed_fn, params, image, reference, benchmark.method_key(key, "srise"),
+                embed_fn, params, image, reference, method_key(key, "srise"),
                 num_masks=num_masks, batch_size=batch_size, **_options)
             return {_label: saliency}
 
-        parts.append(benchmark.ExplainPart((label,), jax.jit(run)))
+        parts.append(ExplainPart((label,), jax.jit(run)))
     return tuple(parts)
+
+
+def prepare_grid(embed_fn: EmbedFn, grid: Mapping[str, Mapping[str, Any]], *,
+                 num_masks: int, batch_size: int = 64) -> MethodSet:
+    """The settings of `grid` as a benchmark's methods (`srise_jax.benchmark.run_benchmark`).
+
+    Args:
+      embed_fn: the model (static).
+      grid: {label: options of `perturbation.srise_map`}, e.g. `GRID`.
+      num_masks: masks per map: every label's "iterations".
+      batch_size: masked images per forward pass.
+
+    Returns:
+      The `srise_jax.benchmark.MethodSet` of `make_explain_fns`'s parts;
+      its run.json entry "ablation" is {"num_masks": num_masks}, so an
+      ablation run never resumes into a run of methods, nor one of another
+      mask count.
+    """
+    parts = make_explain_fns(embed_fn, grid, num_masks=num_masks, batch_size=batch_size)
+    return MethodSet(parts, {label: num_masks for label in grid},
+                     ablation={"num_masks": num_masks})

@@ -9,8 +9,11 @@ always made from `jax.random.split(key, num_masks)[i]`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 
 def _offsets(kernel_size: int) -> tuple[int, int]:
@@ -95,7 +98,7 @@ def gaussian_mask(
         kernel_size: int = 40,
         sigma: float = 7.0,
         combine: str = "max",
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """One S-RISE mask: Gaussian patches at random centres, combined.
 
@@ -162,7 +165,7 @@ def gaussian_masks(
         kernel_size: int = 40,
         sigma: float = 7.0,
         combine: str = "max",
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """`num_masks` S-RISE masks (paper section 3.2.1; defaults from 4.1.2).
 
@@ -186,10 +189,40 @@ def gaussian_masks(
         Lu and Ebrahimi, "Explanation of Face Recognition via Saliency Maps",
         arXiv:2304.06118, section 3.2.1.
     """
+    make = gaussian_mask_fn(shape, num_patches=num_patches, kernel_size=kernel_size,
+                            sigma=sigma, combine=combine, dtype=dtype)
+    return make(jax.random.split(key, num_masks))
+
+
+def gaussian_mask_fn(
+        shape: tuple[int, int],
+        *,
+        num_patches: int = 100,
+        kernel_size: int = 40,
+        sigma: float = 7.0,
+        combine: str = "max",
+        dtype: DTypeLike = jnp.float32,
+) -> Callable[[jax.Array], jax.Array]:
+    """A mask maker for the kernel: a batch of keys -> a batch of S-RISE masks.
+
+    The kernel (`srise.masked_sums`) makes each chunk's masks inside its
+    compiled loop from that chunk's keys; a maker that maps key i to mask i
+    whatever the batch keeps every chunking equal to `gaussian_masks`.
+
+    Args:
+        shape: (H, W) of the masks.
+        num_patches, kernel_size, sigma, combine, dtype: as in `gaussian_mask`.
+
+    Returns:
+        `make(keys)`: keys (B,) (typed keys, or (B, 2) raw uint32 keys) ->
+        Float[Array, "b h w"], mask b = `gaussian_mask(keys[b], shape, ...)`.
+    """
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
     one = lambda k: gaussian_mask(k, shape, num_patches=num_patches,
                                   kernel_size=kernel_size, sigma=sigma,
                                   combine=combine, dtype=dtype)
-    return jax.vmap(one)(jax.random.split(key, num_masks))
+    return jax.vmap(one)
 
 
 def rise_mask(
@@ -198,7 +231,7 @@ def rise_mask(
         *,
         grid: int = 7,
         p: float = 0.5,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """One classic RISE mask: a binary grid, bilinearly upsampled, randomly shifted.
 
@@ -235,7 +268,7 @@ def rise_masks(
         *,
         grid: int = 7,
         p: float = 0.5,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """`num_masks` classic RISE masks, for comparison with the Gaussian masks.
 
@@ -254,5 +287,26 @@ def rise_masks(
         Petsiuk, Das and Saenko, "RISE: Randomized Input Sampling for Explanation
         of Black-box Models", BMVC 2018.
     """
+    return rise_mask_fn(shape, grid=grid, p=p, dtype=dtype)(
+        jax.random.split(key, num_masks))
+
+
+def rise_mask_fn(
+        shape: tuple[int, int],
+        *,
+        grid: int = 7,
+        p: float = 0.5,
+        dtype: DTypeLike = jnp.float32,
+) -> Callable[[jax.Array], jax.Array]:
+    """A mask maker for the kernel: a batch of keys -> a batch of RISE masks.
+
+    Args:
+        shape: (H, W) of the masks.
+        grid, p, dtype: as in `rise_mask`.
+
+    Returns:
+        `make(keys)`: keys (B,) -> Float[Array, "b h w"], mask b =
+        `rise_mask(keys[b], shape, ...)`, as `rise_masks` draws them.
+    """
     one = lambda k: rise_mask(k, shape, grid=grid, p=p, dtype=dtype)
-    return jax.vmap(one)(jax.random.split(key, num_masks))
+    return jax.vmap(one)

@@ -14,7 +14,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +23,7 @@ from jax import lax
 
 from srise_jax import _helpers as checks
 from srise_jax.similarity import unit_normalize as _unit
-
-EmbedFn = Callable[[Any, jax.Array], jax.Array]
+from srise_jax.typing import EmbedFn, PyTree
 
 # Why a fraction can be undefined; `MetricResult.reason` holds 0 when it is
 # defined, else 1 + the index of its reason here. An undefined fraction is
@@ -86,7 +85,7 @@ def undefined_reason(result: MetricResult) -> str | None:
     return reason_name(result.reason)
 
 
-def reason_name(code) -> str | None:
+def reason_name(code: int | jax.Array) -> str | None:
     """The name of a `MetricResult.reason` code, or None for 0 (defined).
 
     Args:
@@ -106,7 +105,7 @@ def _code(reason: str) -> int:
 
 def deletion(
     embed_fn: EmbedFn,
-    params: Any,
+    params: PyTree,
     image: jax.Array,
     reference: jax.Array,
     saliency: jax.Array,
@@ -182,7 +181,7 @@ def deletion(
 
 def insertion(
     embed_fn: EmbedFn,
-    params: Any,
+    params: PyTree,
     image: jax.Array,
     reference: jax.Array,
     saliency: jax.Array,
@@ -230,7 +229,7 @@ def insertion(
 
 def deletion_insertion(
     embed_fn: EmbedFn,
-    params: Any,
+    params: PyTree,
     image: jax.Array,
     reference: jax.Array,
     saliency: jax.Array,
@@ -269,7 +268,7 @@ class Curve(NamedTuple):
 
 def similarity_curve(
     embed_fn: EmbedFn,
-    params: Any,
+    params: PyTree,
     image: jax.Array,
     reference: jax.Array,
     saliency: jax.Array,

@@ -3,7 +3,8 @@
 The cascading test re-initialises a model's layer groups from the output down,
 one more group at each step, and compares the explainer's map under each
 randomized model with its map under the trained one. A map that survives the
-loss of the weights explains the image, not the model.
+loss of the weights explains the image, not the model. Each model declares
+its groups (`srise_jax.models.FaceModel.layer_groups`); pass them as `groups`.
 
 References:
   Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018,
@@ -14,36 +15,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srise_jax.explainers.perturbation import spearman as _spearman
+from srise_jax.models.loading import LayerGroups, known_layer_groups
+from srise_jax.stats import spearman
+from srise_jax.typing import EmbedFn, PyTree
 
-# Layer groups of the known models, top (output) first: group name -> the
-# top-level submodules it holds. A tree is recognised by its exact key set.
-_IRESNET_GROUPS = (
-    ("head", ("features", "fc", "bn2")),
-    ("layer4", ("layer4",)), ("layer3", ("layer3",)),
-    ("layer2", ("layer2",)), ("layer1", ("layer1",)),
-    ("stem", ("conv1", "bn1", "prelu")),
-)
-# dlib's residual levels (`dlib_resnet._LEVELS`: 3, 4, 3, 3, 1 blocks): one
-# group per level, as for the iResNet's stages, so a check costs 7 maps, not 16.
-_DLIB_GROUPS = (
-    ("fc", ("fc",)),
-    ("level5", ("block13",)),
-    ("level4", ("block10", "block11", "block12")),
-    ("level3", ("block7", "block8", "block9")),
-    ("level2", ("block3", "block4", "block5", "block6")),
-    ("level1", ("block0", "block1", "block2")),
-    ("stem", ("conv", "affine")),
-)
-_KNOWN_GROUPS = tuple(
-    (frozenset(key for _, keys in table for key in keys), table)
-    for table in (_IRESNET_GROUPS, _DLIB_GROUPS))
+# A layer group as callers name it: a name of the model's default groups (or
+# a top-level parameter name), or a (name, top-level parameter names) pair
+# such as the items of `srise_jax.models.FaceModel.layer_groups`.
+Group = str | tuple[str, Sequence[str]]
 
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
@@ -70,7 +55,7 @@ class SanityResult(NamedTuple):
     ssim: jax.Array
 
 
-def _top_keys(variables: Any) -> set[str]:
+def _top_keys(variables: PyTree) -> set[str]:
     return {key for collection in variables.values() for key in collection}
 
 
@@ -79,52 +64,70 @@ def _natural(key: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
-def _group_table(variables: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """(name, top-level keys) of each layer group, top first."""
-    keys = _top_keys(variables)
-    for known, table in _KNOWN_GROUPS:
-        if keys == known:
-            return table
+def _default_groups(variables: PyTree) -> LayerGroups:
+    """A built-in model's declared groups, else one group per top-level submodule."""
+    declared = known_layer_groups(variables)
+    if declared is not None:
+        return declared
     # Flax trees come back with sorted keys (jit and eval_shape flatten them),
     # so the definition order is lost; the reverse natural order matches
     # models that number their layers and name the head last alphabetically
     # (conv1, conv2, fc). Pass `groups` explicitly otherwise.
-    return tuple((key, (key,)) for key in sorted(keys, key=_natural, reverse=True))
+    return tuple((key, (key,)) for key in sorted(_top_keys(variables), key=_natural, reverse=True))
 
 
-def layer_groups(variables: Any) -> list[str]:
-    """The layer groups of a Flax model, top (output) first.
+def _as_groups(variables: PyTree, groups: Sequence[Group] | None) -> LayerGroups:
+    """`groups` as (name, top-level keys) pairs, each checked against `variables`."""
+    defaults = _default_groups(variables)
+    if groups is None:
+        return defaults
+    table = dict(defaults)
+    keys = _top_keys(variables)
+    pairs = []
+    for group in groups:
+        if isinstance(group, str):
+            if group in table:
+                pairs.append((group, tuple(table[group])))
+            elif group in keys:
+                pairs.append((group, (group,)))
+            else:
+                raise ValueError(f"unknown layer group {group!r}; available: "
+                                 f"{', '.join(table)} or a top-level key")
+            continue
+        name, members = group
+        missing = [key for key in members if key not in keys]
+        if missing:
+            raise ValueError(f"layer group {name!r}: the model has no top-level parameter "
+                             f"{', '.join(map(repr, missing))}")
+        pairs.append((name, tuple(members)))
+    return tuple(pairs)
+
+
+def layer_groups(variables: PyTree, *, groups: Sequence[Group] | None = None) -> list[str]:
+    """The names of a model's layer groups, top (output) first.
 
     Args:
       variables: the model's variables, {"params": ..., and e.g.
         "batch_stats": ...}.
+      groups: the groups, as `FaceModel.layer_groups` gives them ((name,
+        top-level keys) pairs), or names; checked against `variables`.
+        Default: the groups a built-in model declares (`LAYER_GROUPS` of
+        `srise_jax.models.iresnet` and `srise_jax.models.dlib_resnet`, found
+        by the model's top-level keys), or for another model each top-level
+        submodule in reverse natural order.
 
     Returns:
       Group names: for the iResNet "head" (bn2, fc, features), "layer4" ..
       "layer1", "stem" (conv1, bn1, prelu); for dlib's ResNet "fc", "level5"
-      .. "level1" (its residual levels), "stem" (conv, affine); for another
-      model each top-level submodule in reverse natural order.
+      .. "level1" (its residual levels), "stem" (conv, affine).
+
+    Raises:
+      ValueError: a group names a key the model does not have.
     """
-    return [name for name, _ in _group_table(variables)]
+    return [name for name, _ in _as_groups(variables, groups)]
 
 
-def _resolve(variables: Any, groups: Sequence[str]) -> set[str]:
-    """The top-level keys of `groups`; a group is a table name or a top-level key."""
-    table = dict(_group_table(variables))
-    keys = _top_keys(variables)
-    chosen = set()
-    for group in groups:
-        if group in table:
-            chosen.update(table[group])
-        elif group in keys:
-            chosen.add(group)
-        else:
-            raise ValueError(f"unknown layer group {group!r}; available: "
-                             f"{', '.join(table)} or a top-level key")
-    return chosen
-
-
-def randomize(variables: Any, groups: Sequence[str], key: jax.Array) -> Any:
+def randomize(variables: PyTree, groups: Sequence[Group], key: jax.Array) -> PyTree:
     """`variables` with the parameters of `groups` re-initialised at random.
 
     Each parameter leaf of the groups becomes N(0, rms^2) noise of its shape
@@ -137,14 +140,16 @@ def randomize(variables: Any, groups: Sequence[str], key: jax.Array) -> Any:
 
     Args:
       variables: the model's variables, {"params": ..., ...}.
-      groups: names from `layer_groups` (or top-level keys of "params").
+      groups: (name, top-level keys) pairs (e.g. from
+        `FaceModel.layer_groups`), or names from `layer_groups` (or
+        top-level keys of "params").
       key: a `jax.random` key; leaf i uses `jax.random.fold_in(key, i)`.
 
     Returns:
       A tree of the same structure, shapes and dtypes; the leaves outside the
       groups are the original arrays.
     """
-    chosen = _resolve(variables, groups)
+    chosen = {key for _, members in _as_groups(variables, groups) for key in members}
     leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
     out = []
     for index, (path, leaf) in enumerate(leaves):
@@ -167,7 +172,7 @@ def rank_correlation(a: jax.Array, b: jax.Array) -> jax.Array:
     Returns:
       Float[Array, ""] in [-1, 1]; 0 if either map is constant.
     """
-    return _spearman(a.ravel(), b.ravel())
+    return spearman(a.ravel(), b.ravel())
 
 
 def _gaussian_window() -> np.ndarray:
@@ -226,9 +231,9 @@ def _compare(original: jax.Array, maps: jax.Array) -> tuple[jax.Array, jax.Array
     return jax.vmap(lambda m: (rank_correlation(original, m), ssim(original, m)))(maps)
 
 
-def cascading_randomization(explainer: Callable, embed_fn: Callable, params: Any,
+def cascading_randomization(explainer: Callable[..., jax.Array], embed_fn: EmbedFn, params: PyTree,
                             image: jax.Array, reference: jax.Array, key: jax.Array, *,
-                            groups: Sequence[str] | None = None) -> SanityResult:
+                            groups: Sequence[Group] | None = None) -> SanityResult:
     """Maps of `image` as the model's layer groups are randomized, top down.
 
     Step k randomizes group k on top of steps 1..k-1 (cumulatively). Every
@@ -245,7 +250,9 @@ def cascading_randomization(explainer: Callable, embed_fn: Callable, params: Any
       params: the model's variables.
       image, reference: Float[Array, "h w 3"] RGB in [0, 1].
       key: a `jax.random` key, split into the explainer's and the weights'.
-      groups: the groups to randomize, in order; default `layer_groups(params)`.
+      groups: the groups to randomize, in order: (name, top-level keys)
+        pairs such as `FaceModel.layer_groups`, or names (see
+        `layer_groups`); default the model's groups from `layer_groups`.
 
     Returns:
       A `SanityResult` with S = len(groups) steps.
@@ -253,8 +260,7 @@ def cascading_randomization(explainer: Callable, embed_fn: Callable, params: Any
     References:
       Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018.
     """
-    groups = tuple(layer_groups(params) if groups is None else groups)
-    _resolve(params, groups)  # fail before the first map
+    groups = _as_groups(params, groups)  # fails before the first map
     explain_key, model_key = jax.random.split(key)
     explain = jax.jit(explainer, static_argnums=0)
     maps = [explain(embed_fn, params, image, reference, explain_key)]
@@ -264,4 +270,4 @@ def cascading_randomization(explainer: Callable, embed_fn: Callable, params: Any
         maps.append(explain(embed_fn, current, image, reference, explain_key))
     maps = jnp.stack(maps)
     rho, structural = _compare(maps[0], maps[1:]) if groups else (jnp.zeros(0), jnp.zeros(0))
-    return SanityResult(groups, maps, rho, structural)
+    return SanityResult(tuple(name for name, _ in groups), maps, rho, structural)

@@ -11,106 +11,43 @@ e.g. `jax.jit(srise_triplet, static_argnames=("embed_fn", "config"))`. Masks
 and masked images are made chunk by chunk inside one `lax.scan`, so memory is
 O(batch_size), not O(num_masks); with a `mesh`, the chunks are split over its
 devices with `jax.shard_map` and the partial sums reduced with `psum`.
+
+The engine is public for other mask explainers: `masked_sums` (any masks,
+any jobs (masked image, intact reference)) and `finalize` (sums -> maps);
+`masks.gaussian_mask_fn` makes S-RISE's masks from keys inside it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.typing import DTypeLike
 
 from srise_jax import _helpers as checks
+from srise_jax import config as config_lib
 from srise_jax import masks as masks_lib
+from srise_jax import presets
+from srise_jax.config import Fill, SRiseConfig, config_options
 from srise_jax.similarity import unit_normalize as _unit
+from srise_jax.typing import EmbedFn, PyTree
 
-EmbedFn = Callable[[object, jax.Array], jax.Array]
-# The estimators `normalize` selects (see `SRiseConfig`).
-NORMALIZE = ("coverage", "none")
+__all__ = [
+    "NORMALIZE", "PRESETS", "PairSaliency", "SRiseConfig", "SaliencySums",
+    "TripletSaliency", "add_sums", "finalize", "finalize_triplet", "masked_sums",
+    "normalize_jointly", "srise_pair", "srise_triplet", "triplet_sums",
+]
 
-
-@dataclasses.dataclass(frozen=True)
-class SRiseConfig:
-    """Options of `srise_triplet` (hashable: pass it as a static argument).
-
-    The defaults take the paper's masks (section 4.1.2: 500 masks of 100
-    Gaussian patches, kernel 40, sigma 7, a fresh set for each pair) and
-    this library's estimator, which is NOT the paper's: coverage
-    normalisation (`normalize="coverage"`) where the paper takes the plain
-    weighted sum (section 3.2.2, `normalize="none"`), with black fill (the
-    paper's I * M). `PRESETS["paper"]` is the paper as written.
-
-    Why coverage: the patches are clipped at the border, so the masks' mean
-    value is 0.71 at the centre of a 112x112 image and 0.41 in its corners
-    (0.58 and 0.28 on dlib's 150x150 chips; 2000 masks, key 0). The plain
-    sum sum_i s_i M_i therefore carries that centre prior whatever the
-    model does; dividing by sum_i M_i, pixel by pixel, leaves the mean
-    score of the masks that kept the pixel. (RISE divides by the constant
-    N * p instead, which is the same only when every pixel is kept equally
-    often.)
-
-    Attributes:
-      num_masks: N, masks per pair.
-      num_patches: Gaussian patches per mask.
-      kernel_size: truncation window of each patch, in pixels.
-      sigma: standard deviation of each patch, in pixels.
-      batch_size: masked images per `embed_fn` call (and masks per chunk).
-      fill: what replaces the masked-out part of the image: a value (scalar,
-        or one per channel; the paper's image * mask is 0), "mean" (the
-        image's per-channel mean, what Deletion/Insertion fill with) or
-        "blur" (the image blurred by a Gaussian of sigma = max(H, W) / 20).
-      combine: how a mask's patches combine: "max", "sum" (clipped) or
-        "occlude" (see `masks.gaussian_mask`).
-      compute_dtype: dtype of the masked images handed to `embed_fn` (e.g.
-        jnp.bfloat16, with a model built for it: `load_dlib(dtype=...)`,
-        `load_arcface(..., dtype=...)`); None keeps float32. Scores, mask
-        sums and saliency accumulate in float32 either way.
-      normalize: "coverage" for sum_i s_i M_i / sum_i M_i (the mean score of
-        the masks that keep each pixel, free of the masks' border bias; see
-        above), "none" for the paper's plain sum.
-      share_probe_masks: if True, both pairs use the same masks and the
-        probe's masked embeddings serve both (3N forward passes instead of 4N);
-        the mate pair's maps are then identical to the default's.
-    """
-
-    num_masks: int = 500
-    num_patches: int = 100
-    kernel_size: int = 40
-    sigma: float = 7.0
-    batch_size: int = 64
-    fill: float | tuple[float, float, float] | str = 0.0
-    normalize: str = "coverage"
-    share_probe_masks: bool = False
-    combine: str = "max"
-    compute_dtype: Any = None
-
-    def __post_init__(self):
-        if self.num_masks < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"num_masks and batch_size must be >= 1, got {self.num_masks} "
-                f"and {self.batch_size}")
-        _check_normalize(self.normalize)
-        _check_fill(self.fill)
-        if self.combine not in masks_lib.COMBINE:
-            raise ValueError(f"combine must be one of {masks_lib.COMBINE}, got "
-                             f"{self.combine!r}")
-
-
-# Named S-RISE settings (options of `SRiseConfig` other than counts, batch
-# and devices). "paper": section 4.1.2 and the estimator of section 3.2.2 as
-# written (I * M, so black fill; plain weighted sum; the patch rule is not
-# stated, "max" is this library's reading). "mean_fill": masked-out pixels
-# filled with the image's mean (the fill Deletion/Insertion use) and coverage
-# normalisation, clearly more faithful in the ablation (benchmarks/RESULTS.md).
-PRESETS = {
-    "paper": {"num_patches": 100, "kernel_size": 40, "sigma": 7.0, "fill": 0.0,
-              "normalize": "none", "combine": "max"},
-    "mean_fill": {"num_patches": 100, "kernel_size": 40, "sigma": 7.0, "fill": "mean",
-                  "normalize": "coverage", "combine": "max"},
-}
+# The options live in `srise_jax.config` and the named settings in
+# `srise_jax.presets` (one definition each); these names stay for callers
+# that found them here.
+NORMALIZE = config_lib.NORMALIZE
+PRESETS = presets.PRESETS
 
 
 class PairSaliency(NamedTuple):
@@ -143,32 +80,24 @@ class TripletSaliency(NamedTuple):
 
 
 class SaliencySums(NamedTuple):
-    """Partial sums over a range of masks; add them, then `finalize_triplet`.
+    """Partial sums over a range of masks; add them, then `finalize`.
+
+    Job j masks target t_j and compares it with the intact target r_j
+    (`masked_sums`'s `pairs`); s_ji is the cosine similarity of
+    embed(t_j masked by M_i) to embed(r_j).
 
     Attributes:
       weighted: Float[Array, "j h w"], sum_i s_ji M_i for each job j.
       coverage: Float[Array, "h w"], sum_i M_i.
       scores: Float[Array, "j n"], s_ji for the masks of the range.
+      similarity: Float[Array, "j"], cos(embed(t_j), embed(r_j)), unmasked
+        (the same for every range of masks).
     """
 
     weighted: jax.Array
     coverage: jax.Array
     scores: jax.Array
-
-
-def _check_normalize(normalize: str) -> None:
-    if normalize not in NORMALIZE:
-        raise ValueError(
-            f"normalize must be one of {NORMALIZE}, got {normalize!r}")
-
-
-_FILLS = ("mean", "blur")
-
-
-def _check_fill(fill) -> None:
-    if isinstance(fill, str) and fill not in _FILLS:
-        raise ValueError(f"fill must be a number, one per channel, or one of {_FILLS}, "
-                         f"got {fill!r}")
+    similarity: jax.Array
 
 
 def _blur(image: jax.Array) -> jax.Array:
@@ -190,16 +119,15 @@ def _blur(image: jax.Array) -> jax.Array:
     return out
 
 
-def _fill_for(image: jax.Array, fill) -> jax.Array:
+def _fill_for(image: jax.Array, fill: Fill) -> jax.Array:
     """The fill of `image`'s masked-out pixels: broadcastable to (H, W, C)."""
     if isinstance(fill, str):
-        _check_fill(fill)
         return image.mean((0, 1)) if fill == "mean" else _blur(image)
     return jnp.asarray(fill, image.dtype)
 
 
-def _apply_mask(image: jax.Array, masks: jax.Array, fill,
-                compute_dtype=None) -> jax.Array:
+def _apply_mask(image: jax.Array, masks: jax.Array, fill: Fill,
+                compute_dtype: DTypeLike | None = None) -> jax.Array:
     """image (H,W,C), masks (B,H,W) -> (B,H,W,C): image * m + fill * (1 - m)."""
     m = masks[..., None].astype(image.dtype)
     fill = _fill_for(image, fill)
@@ -207,10 +135,11 @@ def _apply_mask(image: jax.Array, masks: jax.Array, fill,
     return out if compute_dtype is None else out.astype(compute_dtype)
 
 
-def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
-          job_targets: tuple[int, ...], sources, valid: jax.Array,
-          make_masks: Callable[[jax.Array], jax.Array], batch_size: int,
-          fill, compute_dtype=None) -> SaliencySums:
+def _sums(embed_fn: EmbedFn, params: PyTree, targets: jax.Array, ref_units: jax.Array,
+          job_targets: tuple[int, ...], sources: PyTree, valid: jax.Array,
+          make_masks: Callable[[Any], jax.Array], batch_size: int,
+          fill: Fill, compute_dtype: DTypeLike | None = None
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Weighted mask sums for every job over `sources`, one chunk at a time.
 
     Full chunks of `batch_size` masks run in one `lax.scan`; a shorter last
@@ -224,10 +153,14 @@ def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
       sources: (N, ...) per-mask inputs of `make_masks` (keys, or the masks).
       valid: (N,) 1 for real masks, 0 for padding (multi-device only).
       make_masks: per-chunk inputs -> (B, H, W) masks.
+
+    Returns:
+      (weighted (J, H, W), coverage (H, W), scores (J, N)).
     """
     height, width = targets.shape[1:3]
 
-    def chunk(carry, inputs):
+    def chunk(carry: tuple[jax.Array, jax.Array], inputs: tuple[PyTree, jax.Array]
+              ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         weighted, coverage = carry
         source, ok = inputs
         m = make_masks(source).astype(jnp.float32) * ok[:, None, None]
@@ -259,30 +192,78 @@ def _sums(embed_fn: EmbedFn, params, targets: jax.Array, ref_units: jax.Array,
                                                 (sources, valid)))
         scores.append(rest)
     weighted, coverage = carry
-    return SaliencySums(weighted.reshape(-1, height, width),
-                        coverage.reshape(height, width),
-                        jnp.concatenate(scores, axis=1))
+    return (weighted.reshape(-1, height, width), coverage.reshape(height, width),
+            jnp.concatenate(scores, axis=1))
 
 
-def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
-         batch_size: int, fill, mesh: Mesh | None,
-         compute_dtype=None) -> tuple[SaliencySums, jax.Array]:
-    """Reference embeddings, then the mask sums, on one device or a mesh.
+def masked_sums(
+    embed_fn: EmbedFn,
+    params: PyTree,
+    targets: jax.Array,
+    pairs: Sequence[tuple[int, int]],
+    sources: PyTree,
+    make_masks: Callable[[Any], jax.Array],
+    *,
+    batch_size: int,
+    fill: Fill,
+    mesh: Mesh | None = None,
+    compute_dtype: DTypeLike | None = None,
+) -> SaliencySums:
+    """The engine of every mask explainer: score-weighted mask sums per job.
 
-    `pairs` lists jobs as (masked target index, reference target index).
-    Returns the sums (padding removed from the scores) and the (T, D) unit
-    embeddings of the unmasked targets.
+    Each job j = (t, r) of `pairs` masks target t and compares it with the
+    intact target r: for every mask M_i, s_ji = cos(embed(t * M_i + fill *
+    (1 - M_i)), embed(r)). All jobs share the masks, and a target masked by
+    several jobs is embedded once per mask. The masks are made chunk by
+    chunk from `sources` inside one `lax.scan` (memory O(batch_size), not
+    O(N)); full chunks of `batch_size` run in the scan and a shorter last
+    chunk runs once after it, at its own size, rather than being padded with
+    wasted forward passes. With a `mesh`, the masks are split over all of
+    its devices (`jax.shard_map`) and the partial sums reduced with `psum`.
+
+    Pure and jittable with `embed_fn`, `pairs`, `make_masks` and the options
+    static. `srise_pair`, `triplet_sums` and the explainers of
+    `srise_jax.explainers.perturbation` are built on it; `finalize` turns
+    its sums into maps.
+
+    Args:
+      embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
+      params: the model's parameter pytree.
+      targets: Float[Array, "t h w c"], the images masked or compared.
+      pairs: the jobs, as (masked target index, reference target index).
+      sources: per-mask inputs of `make_masks`, a pytree whose leaves have
+        the leading axis N: keys (`jax.random.split(key, N)`) or the masks
+        themselves.
+      make_masks: a chunk of `sources` (leading axis B) -> Float[Array,
+        "b h w"] in [0, 1]: e.g. `masks.gaussian_mask_fn(shape, ...)` for
+        keys, `lambda m: m` for masks.
+      batch_size: masked images per `embed_fn` call (masks per chunk).
+      fill: masked-out pixels: a value (scalar or per channel), "mean" or
+        "blur" (as in `SRiseConfig`).
+      mesh: if given, the masks are split over all of its devices.
+      compute_dtype: dtype of the masked images given to `embed_fn`; None
+        keeps the targets' dtype. Sums accumulate in float32 either way.
+
+    Returns:
+      SaliencySums over the N masks: weighted Float[Array, "j h w"],
+      coverage Float[Array, "h w"], scores Float[Array, "j n"], similarity
+      Float[Array, "j"].
     """
+    config_lib.check_fill(fill)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     units = _unit(embed_fn(params, targets))
     ref_units = jnp.stack([units[r] for _, r in pairs])
     job_targets = tuple(t for t, _ in pairs)
+    similarity = jnp.stack([units[t] @ ref_units[j]
+                            for j, t in enumerate(job_targets)])
     num = jax.tree.leaves(sources)[0].shape[0]
     body = functools.partial(_sums, embed_fn, params, targets, ref_units,
                              job_targets, make_masks=make_masks,
                              batch_size=batch_size, fill=fill,
                              compute_dtype=compute_dtype)
     if mesh is None:
-        sums = body(sources, jnp.ones((num,), jnp.float32))
+        weighted, coverage, scores = body(sources, jnp.ones((num,), jnp.float32))
     else:
         axes = tuple(mesh.axis_names)
         # Equal shares per device; the padding (< mesh.size masks, copies of
@@ -292,23 +273,24 @@ def _run(embed_fn, params, targets, pairs, sources, make_masks, *,
         sources = jax.tree.map(lambda x: x[index], sources)
         valid = (jnp.arange(padded) < num).astype(jnp.float32)
 
-        def per_device(src, ok):
-            s = body(src, ok)
+        def per_device(src: PyTree, ok: jax.Array
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+            w, c, s = body(src, ok)
             # The scores come back whole (they are small: jobs x N floats):
             # an explicit-axes mesh refuses to slice the padding off an array
             # still sharded over a mask axis that N does not divide.
-            return SaliencySums(
-                jax.lax.psum(s.weighted, axes), jax.lax.psum(s.coverage, axes),
-                jax.lax.all_gather(s.scores, axes, axis=1, tiled=True))
+            return (jax.lax.psum(w, axes), jax.lax.psum(c, axes),
+                    jax.lax.all_gather(s, axes, axis=1, tiled=True))
 
         sharded = jax.shard_map(
             per_device, mesh=mesh, in_specs=(P(axes), P(axes)),
-            out_specs=SaliencySums(P(), P(), P()),
+            out_specs=(P(), P(), P()),
             # The scan's zero carry is device-invariant, its updates vary per
             # device; the psum above makes the outputs invariant again.
             check_vma=False)
-        sums = sharded(*(_split_over(x, mesh, axes) for x in (sources, valid)))
-    return sums._replace(scores=sums.scores[:, :num]), units
+        weighted, coverage, scores = sharded(
+            *(_split_over(x, mesh, axes) for x in (sources, valid)))
+    return SaliencySums(weighted, coverage, scores[:, :num], similarity)
 
 
 def _split_over(x: jax.Array, mesh: Mesh, axes: tuple[str, ...]) -> jax.Array:
@@ -323,36 +305,50 @@ def _split_over(x: jax.Array, mesh: Mesh, axes: tuple[str, ...]) -> jax.Array:
     return x
 
 
-def _finalize(weighted: jax.Array, coverage: jax.Array, scores: jax.Array,
-              normalize: str) -> jax.Array:
+def finalize(sums: SaliencySums, *, normalize: str) -> jax.Array:
+    """The saliency map of each job from its summed masks.
+
+    Args:
+      sums: `masked_sums` over all N masks (ranges combined with `add_sums`).
+      normalize: "coverage": sum_i s_ji M_i / sum_i M_i, the mean score of
+        the masks that keep each pixel (a pixel no mask touched gets the mean
+        score of all masks); "none": the paper's plain sum sum_i s_ji M_i.
+
+    Returns:
+      Float[Array, "j h w"], one map per job.
+
+    References:
+      Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
+    """
+    config_lib.check_normalize(normalize)
     if normalize == "none":
-        return weighted
+        return sums.weighted
     # A pixel no mask touched carries no information: give it the mean score.
-    mean = scores.mean(-1)[:, None, None]
-    return jnp.where(coverage > 0, weighted / jnp.where(coverage > 0, coverage,
-                                                        1.0), mean)
+    mean = sums.scores.mean(-1)[:, None, None]
+    covered = sums.coverage > 0
+    return jnp.where(covered, sums.weighted / jnp.where(covered, sums.coverage, 1.0),
+                     mean)
 
 
-def _pair_from(sums: SaliencySums, units: jax.Array, jobs: tuple[int, int],
-               normalize: str, a: int, b: int) -> PairSaliency:
-    maps = _finalize(sums.weighted, sums.coverage, sums.scores, normalize)
+def _pair_from(sums: SaliencySums, jobs: tuple[int, int],
+               normalize: str) -> PairSaliency:
+    """The pair whose a-side is job `jobs[0]` and b-side job `jobs[1]`."""
+    maps = finalize(sums, normalize=normalize)
     ja, jb = jobs
     return PairSaliency(maps[ja], maps[jb], sums.scores[ja], sums.scores[jb],
-                        units[a] @ units[b])
+                        sums.similarity[ja])
 
 
+@config_options("batch_size", "fill", "normalize", "compute_dtype")
 def srise_pair(
     embed_fn: EmbedFn,
-    params,
+    params: PyTree,
     image_a: jax.Array,
     image_b: jax.Array,
     masks: jax.Array,
     *,
-    batch_size: int = 64,
-    fill=0.0,
-    normalize: str = "coverage",
+    config: SRiseConfig,
     mesh: Mesh | None = None,
-    compute_dtype=None,
 ) -> PairSaliency:
     """S-RISE saliency maps of both images of a pair, with given masks.
 
@@ -365,13 +361,9 @@ def srise_pair(
       image_a: Float[Array, "h w 3"] RGB in [0, 1].
       image_b: Float[Array, "h w 3"].
       masks: Float[Array, "n h w"] in [0, 1], e.g. `gaussian_masks(key, n)`.
-      batch_size: masked images per `embed_fn` call.
-      fill: masked-out pixels: a value (scalar or per channel), "mean" or
-        "blur" (as in `SRiseConfig`).
-      normalize: "coverage" (sum s_i M_i / sum M_i) or "none" (plain sum).
+      batch_size, fill, normalize, compute_dtype: keyword options, the
+        fields of `SRiseConfig` (with its defaults).
       mesh: if given, the masks are split over all of its devices.
-      compute_dtype: dtype of the masked images given to `embed_fn` (as in
-        `SRiseConfig`).
 
     Returns:
       PairSaliency.
@@ -379,29 +371,21 @@ def srise_pair(
     References:
       Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
     """
-    _check_normalize(normalize)
     checks.check_images(image_a=image_a, image_b=image_b, channels=None)
     if masks.ndim != 3 or masks.shape[1:] != image_a.shape[:2]:
         raise ValueError(f"masks must be (N, {image_a.shape[0]}, "
                          f"{image_a.shape[1]}), got {tuple(masks.shape)}")
     checks.check_finite("masks", masks)
     targets = jnp.stack([image_a, image_b])
-    sums, units = _run(embed_fn, params, targets, ((0, 1), (1, 0)), masks,
-                       lambda m: m, batch_size=batch_size, fill=fill,
-                       mesh=mesh, compute_dtype=compute_dtype)
-    return _pair_from(sums, units, (0, 1), normalize, 0, 1)
-
-
-def _mask_maker(config: SRiseConfig, shape: tuple[int, int]):
-    return jax.vmap(functools.partial(
-        masks_lib.gaussian_mask, shape=shape, num_patches=config.num_patches,
-        kernel_size=config.kernel_size, sigma=config.sigma,
-        combine=config.combine))
+    sums = masked_sums(embed_fn, params, targets, ((0, 1), (1, 0)), masks,
+                       lambda m: m, batch_size=config.batch_size, fill=config.fill,
+                       mesh=mesh, compute_dtype=config.compute_dtype)
+    return _pair_from(sums, (0, 1), config.normalize)
 
 
 def triplet_sums(
     embed_fn: EmbedFn,
-    params,
+    params: PyTree,
     probe: jax.Array,
     mate: jax.Array,
     nonmate: jax.Array,
@@ -417,7 +401,7 @@ def triplet_sums(
     The building block of `srise_triplet` for callers that want to report
     progress or checkpoint between ranges of masks (the CLI does): summing
     the `SaliencySums` of consecutive ranges with `add_sums` and passing them
-    to `finalize_triplet` gives the maps of one full run, because mask i is
+    to `finalize_triplet(sums, normalize=config.normalize)` gives the maps of one full run, because mask i is
     made from `jax.random.split(pair_key, N)[i]` whatever the range.
 
     `count` is static (it sets the shapes), `start` may be traced: a loop
@@ -441,8 +425,10 @@ def triplet_sums(
         raise ValueError(f"need 0 <= start < start + count <= num_masks, got "
                          f"start {start}, count {count}, num_masks "
                          f"{config.num_masks}")
-    make = _mask_maker(config, probe.shape[:2])
-    run = functools.partial(_run, embed_fn, params, make_masks=make,
+    make = masks_lib.gaussian_mask_fn(
+        probe.shape[:2], num_patches=config.num_patches,
+        kernel_size=config.kernel_size, sigma=config.sigma, combine=config.combine)
+    run = functools.partial(masked_sums, embed_fn, params, make_masks=make,
                             batch_size=config.batch_size, fill=config.fill,
                             compute_dtype=config.compute_dtype,
                             mesh=mesh)
@@ -451,14 +437,9 @@ def triplet_sums(
         jax.random.split(k, config.num_masks), start, count)
     if config.share_probe_masks:
         targets = jnp.stack([probe, mate, nonmate])
-        sums, _ = run(targets, ((0, 1), (1, 0), (0, 2), (2, 0)),
-                      keys(key_mate))
-        return (sums,)
-    sums_mate, _ = run(jnp.stack([probe, mate]), ((0, 1), (1, 0)),
-                       keys(key_mate))
-    sums_nonmate, _ = run(jnp.stack([probe, nonmate]), ((0, 1), (1, 0)),
-                          keys(key_nonmate))
-    return sums_mate, sums_nonmate
+        return (run(targets, ((0, 1), (1, 0), (0, 2), (2, 0)), keys(key_mate)),)
+    return (run(jnp.stack([probe, mate]), ((0, 1), (1, 0)), keys(key_mate)),
+            run(jnp.stack([probe, nonmate]), ((0, 1), (1, 0)), keys(key_nonmate)))
 
 
 def add_sums(x: SaliencySums, y: SaliencySums) -> SaliencySums:
@@ -470,27 +451,28 @@ def add_sums(x: SaliencySums, y: SaliencySums) -> SaliencySums:
 
     Returns:
       SaliencySums of masks [i, k): weighted and coverage summed, scores
-      concatenated along the mask axis.
+      concatenated along the mask axis, the (unmasked) similarity kept.
     """
     return SaliencySums(x.weighted + y.weighted, x.coverage + y.coverage,
-                        jnp.concatenate([x.scores, y.scores], axis=-1))
+                        jnp.concatenate([x.scores, y.scores], axis=-1),
+                        x.similarity)
 
 
 def finalize_triplet(
-    embed_fn: EmbedFn,
-    params,
-    probe: jax.Array,
-    mate: jax.Array,
-    nonmate: jax.Array,
     sums: tuple[SaliencySums, ...],
-    *,
+    *deprecated: Any,
     normalize: str = "coverage",
 ) -> TripletSaliency:
     """Turn the summed `triplet_sums` of all N masks into a `TripletSaliency`.
 
+    Jit it with `normalize` static: `jax.jit(finalize_triplet,
+    static_argnames="normalize")`.
+
     Args:
-      embed_fn, params, probe, mate, nonmate: as in `srise_triplet`.
       sums: `triplet_sums` over all N masks (ranges combined with `add_sums`).
+      *deprecated: the old call `finalize_triplet(embed_fn, params, probe,
+        mate, nonmate, sums)`, which still works with a DeprecationWarning:
+        the sums now carry the similarities it embedded the images for.
       normalize: "coverage" or "none", as in `SRiseConfig`.
 
     Returns:
@@ -499,22 +481,28 @@ def finalize_triplet(
     References:
       Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
     """
-    _check_normalize(normalize)
-    units = _unit(embed_fn(params, jnp.stack([probe, mate, nonmate])))
+    if deprecated:
+        if len(deprecated) != 5:
+            raise TypeError("finalize_triplet takes the sums alone (the old form: "
+                            "embed_fn, params, probe, mate, nonmate, sums)")
+        warnings.warn(
+            "finalize_triplet(embed_fn, params, probe, mate, nonmate, sums) is "
+            "deprecated: call finalize_triplet(sums, normalize=...); the sums carry "
+            "the similarities", DeprecationWarning, stacklevel=2)
+        sums = deprecated[-1]
+    config_lib.check_normalize(normalize)
     if len(sums) == 1:
         (shared,) = sums
-        return TripletSaliency(
-            _pair_from(shared, units, (0, 1), normalize, 0, 1),
-            _pair_from(shared, units, (2, 3), normalize, 0, 2))
+        return TripletSaliency(_pair_from(shared, (0, 1), normalize),
+                               _pair_from(shared, (2, 3), normalize))
     sums_mate, sums_nonmate = sums
-    return TripletSaliency(
-        _pair_from(sums_mate, units, (0, 1), normalize, 0, 1),
-        _pair_from(sums_nonmate, units, (0, 1), normalize, 0, 2))
+    return TripletSaliency(_pair_from(sums_mate, (0, 1), normalize),
+                           _pair_from(sums_nonmate, (0, 1), normalize))
 
 
 def srise_triplet(
     embed_fn: EmbedFn,
-    params,
+    params: PyTree,
     probe: jax.Array,
     mate: jax.Array,
     nonmate: jax.Array,
@@ -547,8 +535,7 @@ def srise_triplet(
     """
     sums = triplet_sums(embed_fn, params, probe, mate, nonmate, key, config,
                         mesh=mesh)
-    return finalize_triplet(embed_fn, params, probe, mate, nonmate, sums,
-                            normalize=config.normalize)
+    return finalize_triplet(sums, normalize=config.normalize)
 
 
 def normalize_jointly(triplet: TripletSaliency) -> TripletSaliency:

@@ -1,4 +1,4 @@
-"""Tests for weights_conversion.arcface and srise_jax.models.load_arcface.
+"""Tests for srise_jax.models.arcface_torch (and its command line, weights_conversion.arcface) and load_arcface.
 
 The reference numbers come from tests/torch_iresnet.py, an independent PyTorch
 iResNet with insightface's state-dict names, run in eval mode.
@@ -17,8 +17,10 @@ import pytest
 import torch
 from torch_iresnet import TorchIResNet, randomize_, torch_embed
 
-from srise_jax.models import ARCH_BLOCKS, iresnet_embed_fn, load_arcface
-from weights_conversion.arcface import ConversionError, convert_file, convert_state_dict, infer_arch, main
+from srise_jax.models import ARCH_BLOCKS, arcface_torch, conversion, dlib_dat, iresnet_embed_fn, load_arcface
+from srise_jax.models.arcface_torch import convert_file, convert_state_dict, infer_arch
+from srise_jax.models.conversion import ConversionError
+from weights_conversion.arcface import main
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 
@@ -276,3 +278,18 @@ def test_load_corrupt_checkpoints_raise_value_error(tmp_path, r18_pth):
     # An r18 checkpoint labelled r50: the stored shapes disagree with the abstract tree.
     with pytest.raises(ValueError, match=r"variables: corrupt r50 checkpoint"):
         load_arcface(out)
+
+
+def test_converter_modules_keep_their_old_names():
+    # The conversion moved into srise_jax.models; code that imported it from
+    # weights_conversion must get the very same objects.
+    import weights_conversion.arcface
+    import weights_conversion.common
+    import weights_conversion.dlib
+
+    assert weights_conversion.arcface.convert_file is arcface_torch.convert_file
+    assert weights_conversion.arcface.ConversionError is conversion.ConversionError
+    assert weights_conversion.common.ConversionError is conversion.ConversionError
+    assert weights_conversion.common.check_destination is conversion.check_destination
+    assert weights_conversion.dlib.dat_to_variables is dlib_dat.dat_to_variables
+    assert weights_conversion.dlib.OFFICIAL_SHA256 == dlib_dat.OFFICIAL_SHA256

@@ -18,8 +18,8 @@ from PIL import Image
 
 from srise_jax.models import DLIB_DISTANCE_THRESHOLD, DLIB_THRESHOLD, dlib_embed_fn, load_dlib
 from srise_jax.models import checkpoint, dlib_resnet
-from weights_conversion.common import ConversionError
-from weights_conversion.dlib import _Reader, dat_to_variables, read_dat
+from srise_jax.models.conversion import ConversionError
+from srise_jax.models.dlib_dat import DatReader, dat_to_variables, read_dat
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dlib"
 
@@ -76,7 +76,7 @@ def _encode_float(value: float, digits: int) -> bytes:
 @pytest.mark.parametrize("value", [0, 1, 127, 255, 256, 65535, -1, -300, 2**40, -(2**62)])
 def test_integer_decoding_inverts_dlib_pack_int(value):
     data = _encode_int(value) + b"tail"
-    reader = _Reader(data, "bytes")
+    reader = DatReader(data, "bytes")
     assert reader.int_("n") == value
     assert data[reader.pos :] == b"tail"
 
@@ -86,13 +86,13 @@ def test_integer_decoding_inverts_dlib_pack_int(value):
 def test_portable_float_decoding_inverts_float_details(value, digits):
     if digits == 24:
         value = float(np.float32(value))
-    reader = _Reader(_encode_float(value, digits), "bytes")
+    reader = DatReader(_encode_float(value, digits), "bytes")
     assert reader.float_("x") == value
 
 
 def test_portable_float_special_values():
     data = b"".join(_encode_float(v, 24) for v in (math.inf, -math.inf, math.nan))
-    reader = _Reader(data, "bytes")
+    reader = DatReader(data, "bytes")
     assert reader.float_("a") == math.inf
     assert reader.float_("b") == -math.inf
     assert math.isnan(reader.float_("c"))
@@ -104,11 +104,11 @@ def test_tensor_versions_1_and_2_decode_alike():
     raw = _encode_int(2) + shape + values.astype("<f4").tobytes()
     portable = _encode_int(1) + shape + b"".join(_encode_float(float(v), 24) for v in values)
     for data in (raw, portable):
-        np.testing.assert_array_equal(_Reader(data, "bytes").tensor("t"), values.reshape(1, 2, 3, 1))
+        np.testing.assert_array_equal(DatReader(data, "bytes").tensor("t"), values.reshape(1, 2, 3, 1))
 
 
 def test_truncated_integer_names_the_offset():
-    reader = _Reader(b"\x01\x05" + b"\x03\x01", "bytes")
+    reader = DatReader(b"\x01\x05" + b"\x03\x01", "bytes")
     reader.int_("first")
     with pytest.raises(ConversionError, match="truncated.*byte offset 3"):
         reader.int_("second")

@@ -1,8 +1,13 @@
-"""The explainer registry: names, kinds and clear errors."""
+"""The explainer registry: names, kinds, one signature and clear errors."""
+
+import inspect
 
 import pytest
 
 from srise_jax.explainers import registry
+from srise_jax.typing import Explainer
+
+POSITIONAL = ("embed_fn", "params", "image", "reference", "key")
 
 
 def test_register_get_and_list_by_kind():
@@ -50,3 +55,17 @@ def test_registered_explainers_refuse_integer_nan_and_mismatched_images(name):
         explainer(embed_fn, None, image, broken, key)
     with pytest.raises(ValueError, match=r"image \(8, 8, 3\), reference \(8, 6, 3\)"):
         explainer(embed_fn, None, image, image[:, :6], key)
+
+
+@pytest.mark.parametrize("name", registry.list_explainers())
+def test_every_explainer_takes_five_arguments_then_keyword_only_options(name):
+    explainer = registry.get_explainer(name)
+    assert isinstance(explainer, Explainer)
+    parameters = list(inspect.signature(explainer).parameters.values())
+    assert tuple(p.name for p in parameters[:5]) == POSITIONAL, name
+    assert all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and p.default is p.empty for p in parameters[:5]), name
+    # Options are keyword-only and have defaults: a caller (the benchmark, the
+    # command line) can always run an explainer with no option given.
+    for p in parameters[5:]:
+        assert p.kind == p.KEYWORD_ONLY and p.default is not p.empty, (name, p)

@@ -55,15 +55,65 @@ def test_rank_correlation_is_one_with_itself_and_minus_one_reversed():
     assert float(sanity.rank_correlation(x, jnp.exp(x))) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_layer_groups_of_the_known_models_cover_every_submodule():
-    for variables, expected in (
-            (iresnet.abstract_variables("r18"),
-             ["head", "layer4", "layer3", "layer2", "layer1", "stem"]),
-            (dlib_resnet.abstract_variables(),
-             ["fc", "level5", "level4", "level3", "level2", "level1", "stem"])):
-        assert sanity.layer_groups(variables) == expected
-        keys = {key for collection in variables.values() for key in collection}
-        assert sanity._resolve(variables, expected) == keys
+def test_layer_groups_default_to_each_known_models_declared_groups():
+    for variables, declared in ((iresnet.abstract_variables("r18"), iresnet.LAYER_GROUPS),
+                                (dlib_resnet.abstract_variables(), dlib_resnet.LAYER_GROUPS)):
+        names = [name for name, _ in declared]
+        assert sanity.layer_groups(variables) == names
+        assert sanity.layer_groups(variables, groups=declared) == names
+    assert sanity.layer_groups(iresnet.abstract_variables("r18"))[0] == "head"
+    assert sanity.layer_groups(dlib_resnet.abstract_variables())[0] == "fc"
+
+
+def test_layer_groups_refuse_a_group_naming_a_missing_parameter():
+    variables = iresnet.abstract_variables("r18")
+    with pytest.raises(ValueError, match="'head'.*'classifier'"):
+        sanity.layer_groups(variables, groups=(("head", ("fc", "classifier")),))
+    with pytest.raises(ValueError, match="unknown layer group 'level5'"):
+        sanity.layer_groups(variables, groups=("level5",))
+
+
+# A planted model: the embedding is a linear read-out of the 16x16 image whose
+# weights are zero outside the top-left 8x8 quadrant, so any gradient map is
+# exactly zero there; "unused" is a parameter the embedding never reads.
+_PLANTED_SIDE = 16
+
+
+def _planted_embed(params, images):
+    return images.reshape(images.shape[0], -1) @ params["params"]["head"]["kernel"]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(4)
+    kernel = rng.normal(size=(_PLANTED_SIDE, _PLANTED_SIDE, 3, 8)).astype(np.float32)
+    kernel[8:] = 0
+    kernel[:, 8:] = 0
+    params = {"params": {"head": {"kernel": jnp.asarray(kernel.reshape(-1, 8))},
+                         "unused": {"scale": jnp.ones(4, jnp.float32)}}}
+    image = jnp.asarray(rng.uniform(size=(_PLANTED_SIDE, _PLANTED_SIDE, 3)), jnp.float32)
+    reference = jnp.asarray(rng.uniform(size=image.shape), jnp.float32)
+    return params, image, reference
+
+
+def test_randomizing_the_head_spreads_the_map_and_an_unread_group_changes_nothing(planted):
+    params, image, reference = planted
+    groups = (("unused", ("unused",)), ("head", ("head",)))
+    result = sanity.cascading_randomization(get_explainer("gradient"), _planted_embed, params,
+                                            image, reference, jax.random.key(0), groups=groups)
+    assert result.steps == ("unused", "head")
+    original, after_unused, after_head = np.asarray(result.maps)
+    outside = np.ones((_PLANTED_SIDE, _PLANTED_SIDE), bool)
+    outside[:8, :8] = False
+    # The trained head reads the quadrant only: its gradient is zero elsewhere.
+    assert (original[outside] == 0).all() and (original[~outside] > 0).all()
+    # The embedding never reads "unused": the same map, bit for bit.
+    np.testing.assert_array_equal(after_unused, original)
+    # A random head reads every pixel (every weight becomes a nonzero normal
+    # draw), so the map is no longer zero outside the quadrant.
+    assert (after_head[outside] > 0).all()
+    assert float(result.spearman[0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(result.spearman[1]) < 1.0
 
 
 class _TinyNet(nn.Module):

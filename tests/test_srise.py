@@ -1,5 +1,6 @@
 """The S-RISE kernel: planted models, a NumPy reference, and jit/vmap/mesh invariance."""
 
+import functools
 import json
 import os
 import subprocess
@@ -187,19 +188,51 @@ def test_chunked_ranges_sum_to_the_full_run(key, planted_region):
     nonmate = 1.0 - probe
     full = srise.srise_triplet(embed_fn, params, probe, mate, nonmate, key,
                                SMALL)
+    traces = []  # Python runs only while jit traces: one entry per compilation
+
+    @functools.wraps(srise.triplet_sums)
+    def counted(*args, **kwargs):
+        traces.append(kwargs["count"])
+        return srise.triplet_sums(*args, **kwargs)
+
     # One compiled range function with a traced start, plus the short tail.
-    ranges = jax.jit(srise.triplet_sums, static_argnums=(0, 6),
-                     static_argnames="count")
-    compiled_before = ranges._cache_size()  # jit caches are per function
+    ranges = jax.jit(counted, static_argnums=(0, 6), static_argnames="count")
     parts = [ranges(embed_fn, params, probe, mate, nonmate, key, SMALL,
                     start=s, count=min(40, 96 - s)) for s in range(0, 96, 40)]
-    assert ranges._cache_size() - compiled_before == 2
+    assert traces == [40, 16]
     total = parts[0]
     for part in parts[1:]:
         total = tuple(srise.add_sums(x, y) for x, y in zip(total, part))
-    out = srise.finalize_triplet(embed_fn, params, probe, mate, nonmate, total)
+    out = jax.jit(srise.finalize_triplet, static_argnames="normalize")(total)
     for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(full)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The old call form still works, warns, and reads the same sums.
+    with pytest.warns(DeprecationWarning, match="finalize_triplet"):
+        old = srise.finalize_triplet(embed_fn, params, probe, mate, nonmate, total)
+    for got, want in zip(jax.tree.leaves(old),
+                         jax.tree.leaves(srise.finalize_triplet(total))):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_masked_sums_and_finalize_give_srise_pair(key, planted_region):
+    # The public engine with one job per side and masks made from keys by
+    # `gaussian_mask_fn` is `srise_pair` on `gaussian_masks` of those keys.
+    embed_fn, params, _, probe, mate = planted_region
+    make = masks_lib.gaussian_mask_fn((32, 32), num_patches=SMALL.num_patches,
+                                      kernel_size=SMALL.kernel_size,
+                                      sigma=SMALL.sigma, combine=SMALL.combine)
+    sums = srise.masked_sums(embed_fn, params, jnp.stack([probe, mate]),
+                             ((0, 1), (1, 0)), jax.random.split(key, 40), make,
+                             batch_size=16, fill=0.3)
+    assert sums.weighted.shape == (2, 32, 32) and sums.scores.shape == (2, 40)
+    want = srise.srise_pair(embed_fn, params, probe, mate, small_masks(key, 40),
+                            batch_size=16, fill=0.3, normalize="none")
+    maps = srise.finalize(sums, normalize="none")
+    for got, expected in ((maps[0], want.saliency_a), (maps[1], want.saliency_b),
+                          (sums.scores[0], want.scores_a),
+                          (sums.similarity[0], want.similarity),
+                          (sums.similarity[1], want.similarity)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_memory_is_independent_of_num_masks(key, planted_region):
@@ -320,6 +353,16 @@ MESH_SCRIPT = textwrap.dedent("""
                 max(float(jnp.max(jnp.abs(a - b))) for a, b in
                     zip(jax.tree.leaves(one), jax.tree.leaves(many))),
                 many.scores_a.shape[0])
+    # The explainers take the mesh too (37 masks: padded over 4 devices).
+    from srise_jax.explainers import perturbation
+    explain = jax.jit(perturbation.srise_map, static_argnums=(0,),
+                      static_argnames=("num_masks", "num_patches", "kernel_size",
+                                       "sigma", "batch_size", "mesh"))
+    options = dict(num_masks=37, num_patches=6, kernel_size=9, sigma=2.5, batch_size=8)
+    one = explain(embed_fn, params, probe, mate, jax.random.key(0), **options)
+    many = explain(embed_fn, params, probe, mate, jax.random.key(0),
+                   mesh=jax.make_mesh((4,), ("masks",)), **options)
+    out["srise_map N=37 d=4 explicit"] = (float(jnp.max(jnp.abs(one - many))), 37)
     print(json.dumps(out))
 """)
 
@@ -334,7 +377,7 @@ def test_any_num_masks_on_any_device_count_equals_one_device(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(result) == 2 + 6 + 6, sorted(result)
+    assert len(result) == 2 + 6 + 6 + 1, sorted(result)
     for case, (diff, num) in result.items():
         assert num == int(case.split("N=")[1].split()[0]), case
         assert diff <= 1e-5, (case, diff)

@@ -22,9 +22,9 @@ from PIL import Image
 
 from srise_jax import cli
 from srise_jax.models import checkpoint, dlib_resnet, load_arcface, load_dlib
+from srise_jax.models.dlib_dat import OFFICIAL_SHA256, DatReader, dat_to_variables, read_dat
 from weights_conversion import arcface as arcface_conversion
 from weights_conversion import dlib as dlib_conversion
-from weights_conversion.dlib import _Reader, read_dat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,7 +179,7 @@ def test_dlib_cache_without_checksums_is_rebuilt(dlib_cache, tmp_path):
 
 def test_official_sha256_is_that_of_the_installed_package_file():
     # face_recognition_models==0.3.0 is the pinned [demo] extra.
-    assert dlib_resnet.sha256_file(_model_file()) == dlib_conversion.OFFICIAL_SHA256
+    assert dlib_resnet.sha256_file(_model_file()) == OFFICIAL_SHA256
 
 
 def _own_dat(tmp_path):
@@ -187,7 +187,7 @@ def _own_dat(tmp_path):
     source = _model_file()
     fc = next(layer for layer in read_dat(source) if layer.kind == "fc_2")
     data = bytearray(source.read_bytes())
-    reader = _Reader(bytes(data), "dat")
+    reader = DatReader(bytes(data), "dat")
     reader.pos = fc.offset
     reader.string("type")
     reader.int_("outputs")
@@ -212,7 +212,7 @@ def test_own_dat_converts_with_one_warning_line(tmp_path, capsys):
 
 
 def test_official_dat_converts_without_warning(recwarn):
-    dlib_conversion.dat_to_variables(_model_file())
+    dat_to_variables(_model_file())
     assert not [w for w in recwarn if "face_recognition_models" in str(w.message)]
 
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import pickle
 import sys
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,16 +28,16 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from srise_jax.models.mtcnn import NETS, abstract_variables, npz_key
-from weights_conversion.common import (
+from srise_jax.models.conversion import (
     ConversionError,
     as_float32,
-    first_sentence,
     key_list,
-    run_conversion,
     to_flax_layout,
+    torch_load,
     torch_shape,
 )
+from srise_jax.models.mtcnn import NETS, abstract_variables, npz_key
+from weights_conversion.common import run_conversion
 
 _TORCH_LEAF = {"kernel": "weight", "negative_slope": "weight", "bias": "bias"}
 # Where the state dicts sit inside the wheel (and inside an unpacked wheel).
@@ -72,25 +70,6 @@ def _read_sources(source: Path) -> dict[str, tuple[str, bytes]]:
             raise ConversionError(f"{source}: no {net}.pt (looked for {candidates[0]} and {candidates[1]})")
         found[net] = (str(path), path.read_bytes())
     return found
-
-
-def _torch_load(where: str, data: bytes) -> Any:
-    """What a ``.pt`` file holds, read with ``torch.load(weights_only=True)``."""
-    try:
-        import torch  # lazily: torch is an optional extra, needed only to convert
-    except ImportError:
-        raise ConversionError("converting PyTorch weights needs torch: pip install 'srise-jax[convert]'") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ConversionError(
-            f"{where}: refused by torch.load(weights_only=True): it holds objects other than tensors"
-        ) from None
-    # torch raises RuntimeError, EOFError, OSError, ... for damaged files.
-    except Exception as err:  # noqa: BLE001
-        raise ConversionError(f"{where}: not a readable PyTorch file (truncated?): {first_sentence(err)}") from None
 
 
 def convert_state_dicts(state_dicts: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -179,7 +158,8 @@ def convert_file(source: str | Path, out: str | Path, *, overwrite: bool = False
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise ConversionError(f"{out}: already exists; pass --overwrite to replace it")
-    state_dicts = {net: _torch_load(where, data) for net, (where, data) in _read_sources(source).items()}
+    state_dicts = {net: torch_load(io.BytesIO(data), where=where)
+                   for net, (where, data) in _read_sources(source).items()}
     try:
         arrays = convert_state_dicts(state_dicts)
     except ConversionError as err:

@@ -16,18 +16,16 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from srise_jax.explainers.registry import register
 from srise_jax.similarity import cosine_similarity
+from srise_jax.typing import EmbedFn, PyTree
 
-EmbedFn = Callable[[Any, jax.Array], jax.Array]
 
-
-def similarity_fn(embed_fn: EmbedFn, params: Any,
+def similarity_fn(embed_fn: EmbedFn, params: PyTree,
                   reference: jax.Array) -> Callable[[jax.Array], jax.Array]:
     """s(x) = cos(embed(x), embed(reference)) for one image x (H, W, 3).
 
@@ -49,7 +47,7 @@ def similarity_fn(embed_fn: EmbedFn, params: Any,
     return score
 
 
-def similarity_gradient(embed_fn: EmbedFn, params: Any, image: jax.Array,
+def similarity_gradient(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
                         reference: jax.Array) -> jax.Array:
     """ds/dx, the raw gradient of the similarity with respect to `image`.
 
@@ -69,7 +67,7 @@ def _max_abs_over_channels(gradients: jax.Array) -> jax.Array:
 
 
 @register("gradient", kind="gradient")
-def gradient(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.Array,
+def gradient(embed_fn: EmbedFn, params: PyTree, image: jax.Array, reference: jax.Array,
              key: jax.Array) -> jax.Array:
     """Vanilla gradient: max over channels of |ds/dx| (the key is unused).
 
@@ -91,7 +89,7 @@ def gradient(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.Ar
 
 
 @register("gradient_x_input", kind="gradient")
-def gradient_x_input(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.Array,
+def gradient_x_input(embed_fn: EmbedFn, params: PyTree, image: jax.Array, reference: jax.Array,
                      key: jax.Array) -> jax.Array:
     """Gradient x input: sum over channels of x * ds/dx (the key is unused).
 
@@ -114,7 +112,7 @@ def gradient_x_input(embed_fn: EmbedFn, params: Any, image: jax.Array, reference
 
 
 @register("smoothgrad", kind="gradient")
-def smoothgrad(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.Array,
+def smoothgrad(embed_fn: EmbedFn, params: PyTree, image: jax.Array, reference: jax.Array,
                key: jax.Array, *, num_samples: int = 32, noise: float = 0.15) -> jax.Array:
     """SmoothGrad: the gradient averaged over noisy copies, reduced like `gradient`.
 
@@ -137,7 +135,7 @@ def smoothgrad(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.
 
 
 @register("integrated_gradients", kind="gradient")
-def integrated_gradients(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.Array,
+def integrated_gradients(embed_fn: EmbedFn, params: PyTree, image: jax.Array, reference: jax.Array,
                          key: jax.Array, *, num_steps: int = 32,
                          batch_size: int = 8) -> jax.Array:
     """Integrated gradients from a black baseline (the key is unused).
@@ -170,7 +168,7 @@ def integrated_gradients(embed_fn: EmbedFn, params: Any, image: jax.Array, refer
 
 
 @register("gradcam", kind="gradient")
-def gradcam(embed_fn: EmbedFn, params: Any, image: jax.Array, reference: jax.Array,
+def gradcam(embed_fn: EmbedFn, params: PyTree, image: jax.Array, reference: jax.Array,
             key: jax.Array, *, feature_fns: tuple[Callable, Callable] | None = None) -> jax.Array:
     """Grad-CAM of the similarity on the last convolutional stage (the key is unused).
 

@@ -4,51 +4,71 @@ Each explainer masks `image` only (the reference stays intact), embeds every
 masked image once, and turns the N cosine similarities to the reference into a
 map: S-RISE and RISE weigh the masks by the scores, CorrRISE correlates them
 with the scores pixel by pixel. The masked embeddings come from the S-RISE
-kernel (`srise._run`) with a single job, so an explanation costs N forward
-passes, not the 2N of `srise.srise_pair`, and for S-RISE and RISE the masks are
-made chunk by chunk inside the compiled loop (memory O(batch_size)).
+engine (`srise.masked_sums`) with a single job, so an explanation costs N
+forward passes, not the 2N of `srise.srise_pair`, and for S-RISE and RISE the
+masks are made chunk by chunk inside the compiled loop (memory O(batch_size)).
+
+Their S-RISE options are the fields of `SRiseConfig`, with its defaults
+(`config.config_options`); `mesh=` splits the masks over a device mesh.
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from srise_jax import masks as masks_lib
 from srise_jax import _helpers as checks
+from srise_jax import masks as masks_lib
 from srise_jax import srise
+from srise_jax.config import SRiseConfig, config_options
 from srise_jax.explainers.registry import register
+from srise_jax.stats import average_ranks, spearman
+from srise_jax.typing import EmbedFn, PyTree
 
-# The one job of `srise._run`: mask target 0 (the image), compare with target 1
-# (the intact reference).
+__all__ = [
+    "average_ranks", "corrrise", "corrrise_dissimilar", "corrrise_similar",
+    "rise_map", "spearman", "srise_convergence", "srise_map",
+]
+
+# The one job of `srise.masked_sums`: mask target 0 (the image), compare with
+# target 1 (the intact reference).
 _IMAGE_JOB = ((0, 1),)
 
+# `SRiseConfig` fields that are options of a single-image S-RISE map (sharing
+# masks between the pairs of a triplet means nothing here).
+_SRISE_OPTIONS = ("num_masks", "num_patches", "kernel_size", "sigma", "batch_size",
+                  "fill", "normalize", "combine", "compute_dtype")
 
-def _masked_sums(embed_fn, params, image, reference, sources, make_masks, *,
-                 batch_size: int, fill, compute_dtype=None) -> srise.SaliencySums:
+
+def _masked_sums(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+                 reference: jax.Array, sources: Any,
+                 make_masks: Callable[[Any], jax.Array], *, config: SRiseConfig,
+                 mesh: Mesh | None) -> srise.SaliencySums:
     """Score-weighted mask sums of `image` masked by each mask against `reference`."""
     checks.check_images(image=image, reference=reference, channels=None)
-    sums, _ = srise._run(embed_fn, params, jnp.stack([image, reference]),
-                         _IMAGE_JOB, sources, make_masks,
-                         batch_size=batch_size, fill=fill, mesh=None,
-                         compute_dtype=compute_dtype)
-    return sums
+    return srise.masked_sums(embed_fn, params, jnp.stack([image, reference]),
+                             _IMAGE_JOB, sources, make_masks,
+                             batch_size=config.batch_size, fill=config.fill,
+                             mesh=mesh, compute_dtype=config.compute_dtype)
 
 
-def _rise_maker(shape: tuple[int, int], grid: int, p: float):
-    return jax.vmap(functools.partial(masks_lib.rise_mask, shape=shape,
-                                      grid=grid, p=p))
+def _gaussian_masks(config: SRiseConfig, shape: tuple[int, int]
+                    ) -> Callable[[jax.Array], jax.Array]:
+    return masks_lib.gaussian_mask_fn(shape, num_patches=config.num_patches,
+                                      kernel_size=config.kernel_size,
+                                      sigma=config.sigma, combine=config.combine)
 
 
 @register("srise", kind="perturbation")
-def srise_map(embed_fn, params, image, reference, key, *,
-              num_masks: int = 500, batch_size: int = 64,
-              num_patches: int = 100, kernel_size: int = 40,
-              sigma: float = 7.0, fill=0.0,
-              normalize: str = "coverage", combine: str = "max",
-              compute_dtype=None) -> jax.Array:
+@config_options(*_SRISE_OPTIONS)
+def srise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+              reference: jax.Array, key: jax.Array, *, config: SRiseConfig,
+              mesh: Mesh | None = None) -> jax.Array:
     """S-RISE map of `image` for its similarity to `reference`.
 
     Equals `srise.srise_pair(..., gaussian_masks(key, num_masks, ...))
@@ -61,8 +81,10 @@ def srise_map(embed_fn, params, image, reference, key, *,
       image: Float[Array, "h w 3"] RGB in [0, 1], the image explained.
       reference: Float[Array, "h w 3"], kept intact.
       key: a `jax.random` key.
-      num_masks, batch_size, num_patches, kernel_size, sigma, fill,
-        normalize, combine, compute_dtype: as in `srise.SRiseConfig`.
+      num_masks, num_patches, kernel_size, sigma, batch_size, fill,
+        normalize, combine, compute_dtype: keyword options, the fields of
+        `srise.SRiseConfig` (with its defaults).
+      mesh: if given, the masks are split over all of its devices.
 
     Returns:
       Float[Array, "h w"].
@@ -70,23 +92,18 @@ def srise_map(embed_fn, params, image, reference, key, *,
     References:
       Lu and Ebrahimi, arXiv:2304.06118, section 3.2.
     """
-    config = srise.SRiseConfig(num_masks=num_masks, num_patches=num_patches,
-                               kernel_size=kernel_size, sigma=sigma,
-                               batch_size=batch_size, fill=fill,
-                               normalize=normalize, combine=combine)
     sums = _masked_sums(embed_fn, params, image, reference,
-                        jax.random.split(key, num_masks),
-                        srise._mask_maker(config, image.shape[:2]),
-                        batch_size=batch_size, fill=fill, compute_dtype=compute_dtype)
-    return srise._finalize(sums.weighted, sums.coverage, sums.scores,
-                           normalize)[0]
+                        jax.random.split(key, config.num_masks),
+                        _gaussian_masks(config, image.shape[:2]),
+                        config=config, mesh=mesh)
+    return srise.finalize(sums, normalize=config.normalize)[0]
 
 
-def srise_convergence(embed_fn, params, image, reference, key, *,
+@config_options(*(name for name in _SRISE_OPTIONS if name != "num_masks"))
+def srise_convergence(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+                      reference: jax.Array, key: jax.Array, *,
                       counts: tuple[int, ...] = (10, 100, 500, 1000),
-                      batch_size: int = 64, num_patches: int = 100,
-                      kernel_size: int = 40, sigma: float = 7.0, fill=0.0,
-                      normalize: str = "coverage", combine: str = "max") -> jax.Array:
+                      config: SRiseConfig, mesh: Mesh | None = None) -> jax.Array:
     """S-RISE maps of `image` after the first `counts[k]` masks of one run.
 
     One sequence of max(counts) masks is drawn (mask i from
@@ -98,10 +115,10 @@ def srise_convergence(embed_fn, params, image, reference, key, *,
     `srise_map(..., key, num_masks=max(counts))` exactly.
 
     Args:
-      embed_fn, params, image, reference, key: as in `srise_map`.
+      embed_fn, params, image, reference, key, mesh: as in `srise_map`.
       counts: increasing positive mask counts (static).
-      batch_size, num_patches, kernel_size, sigma, fill, normalize, combine:
-        as in `srise_map`.
+      num_patches, kernel_size, sigma, batch_size, fill, normalize, combine,
+        compute_dtype: as in `srise_map`.
 
     Returns:
       Float[Array, "k h w"], the map after each count.
@@ -109,27 +126,24 @@ def srise_convergence(embed_fn, params, image, reference, key, *,
     counts = tuple(int(c) for c in counts)
     if not counts or counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
         raise ValueError(f"counts must be increasing positive ints, got {counts}")
-    config = srise.SRiseConfig(num_masks=counts[-1], num_patches=num_patches,
-                               kernel_size=kernel_size, sigma=sigma,
-                               batch_size=batch_size, fill=fill,
-                               normalize=normalize, combine=combine)
     keys = jax.random.split(key, counts[-1])
-    make = srise._mask_maker(config, image.shape[:2])
+    make = _gaussian_masks(config, image.shape[:2])
     maps, total, start = [], None, 0
     for stop in counts:
         sums = _masked_sums(embed_fn, params, image, reference, keys[start:stop],
-                            make, batch_size=batch_size, fill=fill)
+                            make, config=config, mesh=mesh)
         total = sums if total is None else srise.add_sums(total, sums)
-        maps.append(srise._finalize(total.weighted, total.coverage, total.scores,
-                                    normalize)[0])
+        maps.append(srise.finalize(total, normalize=config.normalize)[0])
         start = stop
     return jnp.stack(maps)
 
 
 @register("rise", kind="perturbation")
-def rise_map(embed_fn, params, image, reference, key, *,
-             num_masks: int = 500, batch_size: int = 64, grid: int = 7,
-             p: float = 0.5, fill=0.0) -> jax.Array:
+@config_options("num_masks", "batch_size", "fill", "compute_dtype")
+def rise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+             reference: jax.Array, key: jax.Array, *, grid: int = 7,
+             p: float = 0.5, config: SRiseConfig,
+             mesh: Mesh | None = None) -> jax.Array:
     """Classic RISE masks weighed by the cosine similarity to `reference`.
 
     RISE divides sum_i s_i M_i by N * p, the expected coverage of a pixel;
@@ -137,12 +151,10 @@ def rise_map(embed_fn, params, image, reference, key, *,
     removes the masks' border and sampling bias, as S-RISE's "coverage" does.
 
     Args:
-      embed_fn, params, image, reference, key: as in `srise_map`.
-      num_masks: N.
-      batch_size: masked images per `embed_fn` call.
+      embed_fn, params, image, reference, key, mesh: as in `srise_map`.
+      num_masks, batch_size, fill, compute_dtype: as in `srise_map`.
       grid: cells per side of the binary grid (`masks.rise_mask`).
       p: probability that a cell is kept.
-      fill: value of the masked-out pixels.
 
     Returns:
       Float[Array, "h w"].
@@ -152,63 +164,18 @@ def rise_map(embed_fn, params, image, reference, key, *,
       Explanation of Black-box Models", BMVC 2018.
     """
     sums = _masked_sums(embed_fn, params, image, reference,
-                        jax.random.split(key, num_masks),
-                        _rise_maker(image.shape[:2], grid, p),
-                        batch_size=batch_size, fill=fill)
-    return srise._finalize(sums.weighted, sums.coverage, sums.scores,
-                           "coverage")[0]
+                        jax.random.split(key, config.num_masks),
+                        masks_lib.rise_mask_fn(image.shape[:2], grid=grid, p=p),
+                        config=config, mesh=mesh)
+    return srise.finalize(sums, normalize="coverage")[0]
 
 
-def average_ranks(x: jax.Array) -> jax.Array:
-    """0-based ranks along axis 0, ties given the mean of their ranks.
-
-    Vectorised over the other axes: a value's average rank is the mean of
-    (number of values below it) and (number of values at or below it) - 1,
-    both read off the sorted column with `searchsorted`.
-
-    Args:
-      x: Float[Array, "n ..."].
-
-    Returns:
-      Float[Array, "n ..."] ranks in [0, n - 1].
-    """
-    flat = x.reshape(x.shape[0], -1)
-    ordered = jnp.sort(flat, axis=0)
-    count = lambda side: jax.vmap(
-        functools.partial(jnp.searchsorted, side=side),
-        in_axes=1, out_axes=1)(ordered, flat)
-    ranks = (count("left") + count("right") - 1).astype(jnp.float32) / 2.0
-    return ranks.reshape(x.shape)
-
-
-def spearman(scores: jax.Array, values: jax.Array) -> jax.Array:
-    """Spearman rank correlation of `scores` with each column of `values`.
-
-    Pearson correlation of the average ranks; a column with no variation
-    (e.g. a pixel no mask ever touched) gets 0.
-
-    Args:
-      scores: Float[Array, "n"].
-      values: Float[Array, "n ..."].
-
-    Returns:
-      Float[Array, "..."] in [-1, 1].
-    """
-    rs = average_ranks(scores)
-    rv = average_ranks(values).reshape(values.shape[0], -1)
-    rs = rs - rs.mean()
-    rv = rv - rv.mean(0)
-    cov = rs @ rv
-    scale = jnp.sqrt((rs * rs).sum() * (rv * rv).sum(0))
-    r = jnp.where(scale > 0, cov / jnp.where(scale > 0, scale, 1.0), 0.0)
-    return r.reshape(values.shape[1:])
-
-
-def corrrise(embed_fn, params, image, reference, key, *,
-             num_masks: int = 500, batch_size: int = 64,
-             masks: str = "gaussian", num_patches: int = 100,
-             kernel_size: int = 40, sigma: float = 7.0, grid: int = 7,
-             p: float = 0.5, fill=0.0) -> tuple[jax.Array, jax.Array]:
+@config_options("num_masks", "num_patches", "kernel_size", "sigma", "batch_size",
+                "fill", "combine", "compute_dtype")
+def corrrise(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+             reference: jax.Array, key: jax.Array, *, masks: str = "gaussian",
+             grid: int = 7, p: float = 0.5, config: SRiseConfig,
+             mesh: Mesh | None = None) -> tuple[jax.Array, jax.Array]:
     """CorrRISE: per-pixel rank correlation of the masks with the similarity.
 
     r(x) = Spearman(M_1(x) .. M_N(x); s_1 .. s_N) with s_i the cosine
@@ -222,13 +189,13 @@ def corrrise(embed_fn, params, image, reference, key, *,
     front: N x H x W floats (500 x 112 x 112 float32 = 25 MB).
 
     Args:
-      embed_fn, params, image, reference, key: as in `srise_map`.
-      num_masks: N.
-      batch_size: masked images per `embed_fn` call.
-      masks: "gaussian" (S-RISE masks: num_patches, kernel_size, sigma) or
-        "rise" (binary grid masks: grid, p; their many exact 0s and 1s tie,
-        which the average ranks handle).
-      fill: value of the masked-out pixels.
+      embed_fn, params, image, reference, key, mesh: as in `srise_map`.
+      num_masks, num_patches, kernel_size, sigma, batch_size, fill, combine,
+        compute_dtype: as in `srise_map`.
+      masks: "gaussian" (S-RISE masks: num_patches, kernel_size, sigma,
+        combine) or "rise" (binary grid masks: grid, p; their many exact 0s
+        and 1s tie, which the average ranks handle).
+      grid, p: as in `rise_map`.
 
     Returns:
       (similar, dissimilar), each Float[Array, "h w"] in [-1, 1],
@@ -240,29 +207,41 @@ def corrrise(embed_fn, params, image, reference, key, *,
     """
     shape = image.shape[:2]
     if masks == "gaussian":
-        make = srise._mask_maker(
-            srise.SRiseConfig(num_masks=num_masks, num_patches=num_patches,
-                              kernel_size=kernel_size, sigma=sigma,
-                              batch_size=batch_size), shape)
+        make = _gaussian_masks(config, shape)
     elif masks == "rise":
-        make = _rise_maker(shape, grid, p)
+        make = masks_lib.rise_mask_fn(shape, grid=grid, p=p)
     else:
         raise ValueError(f"masks must be 'gaussian' or 'rise', got {masks!r}")
-    all_masks = make(jax.random.split(key, num_masks))
+    all_masks = make(jax.random.split(key, config.num_masks))
     sums = _masked_sums(embed_fn, params, image, reference, all_masks,
-                        lambda m: m, batch_size=batch_size, fill=fill)
+                        lambda m: m, config=config, mesh=mesh)
     similar = spearman(sums.scores[0], all_masks)
     return similar, -similar
 
 
+def _options_of(source: Callable[..., Any]) -> Callable[[Callable[..., Any]],
+                                                       Callable[..., Any]]:
+    """Decorator: give a function that forwards its options to `source` its signature.
+
+    The arguments and options (with their defaults) stay those of `source`,
+    which checks them; the return annotation stays the function's own.
+    """
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__signature__ = inspect.signature(source).replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.signature(fn).return_annotation)
+        return fn
+
+    return decorate
+
+
 @register("corrrise_similar", kind="perturbation")
-def corrrise_similar(embed_fn, params, image, reference, key, *,
-                     num_masks: int = 500, batch_size: int = 64, **options) -> jax.Array:
+@_options_of(corrrise)
+def corrrise_similar(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+                     reference: jax.Array, key: jax.Array, **options: Any) -> jax.Array:
     """CorrRISE's similar map: high where keeping the pixel raises the similarity.
 
     Args:
-      embed_fn, params, image, reference, key, num_masks, batch_size,
-        **options: as in `corrrise`.
+      embed_fn, params, image, reference, key, **options: as in `corrrise`.
 
     Returns:
       Float[Array, "h w"] in [-1, 1], `corrrise`'s first map.
@@ -271,18 +250,17 @@ def corrrise_similar(embed_fn, params, image, reference, key, *,
       Lu, Xu and Ebrahimi, "Towards Visual Saliency Explanations of Face
       Verification", WACV 2024, arXiv:2305.08546.
     """
-    return corrrise(embed_fn, params, image, reference, key, num_masks=num_masks,
-                    batch_size=batch_size, **options)[0]
+    return corrrise(embed_fn, params, image, reference, key, **options)[0]
 
 
 @register("corrrise_dissimilar", kind="perturbation")
-def corrrise_dissimilar(embed_fn, params, image, reference, key, *,
-                        num_masks: int = 500, batch_size: int = 64, **options) -> jax.Array:
+@_options_of(corrrise)
+def corrrise_dissimilar(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
+                        reference: jax.Array, key: jax.Array, **options: Any) -> jax.Array:
     """CorrRISE's dissimilar map: high where keeping the pixel lowers the similarity.
 
     Args:
-      embed_fn, params, image, reference, key, num_masks, batch_size,
-        **options: as in `corrrise`.
+      embed_fn, params, image, reference, key, **options: as in `corrrise`.
 
     Returns:
       Float[Array, "h w"] in [-1, 1], `corrrise`'s second map (minus the first).
@@ -291,5 +269,4 @@ def corrrise_dissimilar(embed_fn, params, image, reference, key, *,
       Lu, Xu and Ebrahimi, "Towards Visual Saliency Explanations of Face
       Verification", WACV 2024, arXiv:2305.08546.
     """
-    return corrrise(embed_fn, params, image, reference, key, num_masks=num_masks,
-                    batch_size=batch_size, **options)[1]
+    return corrrise(embed_fn, params, image, reference, key, **options)[1]

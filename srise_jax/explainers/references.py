@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from srise_jax.explainers.registry import register
+from srise_jax.typing import EmbedFn, PyTree
 
 
 @register("random", kind="reference")
-def random_map(embed_fn, params, image, reference, key) -> jax.Array:
+def random_map(embed_fn: EmbedFn | None, params: PyTree, image: jax.Array,
+               reference: jax.Array | None, key: jax.Array) -> jax.Array:
     """Uniform noise in [0, 1): depends on `key` and the image's shape only.
 
     Args:
@@ -30,7 +32,8 @@ def random_map(embed_fn, params, image, reference, key) -> jax.Array:
 
 
 @register("centre_prior", kind="reference")
-def centre_prior(embed_fn, params, image, reference, key, *,
+def centre_prior(embed_fn: EmbedFn | None, params: PyTree, image: jax.Array,
+                 reference: jax.Array | None, key: jax.Array | None, *,
                  sigma_fraction: float = 0.25) -> jax.Array:
     """A centred isotropic Gaussian, peak 1 at the image centre.
 

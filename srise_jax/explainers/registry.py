@@ -4,7 +4,7 @@ Every explainer has one signature:
 
     explainer(embed_fn, params, image, reference, key, **options) -> saliency
 
-with `image` and `reference` Float[Array, "h w 3"] RGB in [0, 1] and
+(`srise_jax.typing.Explainer`: five positional arguments, keyword-only options) with `image` and `reference` Float[Array, "h w 3"] RGB in [0, 1] and
 `saliency` Float[Array, "h w"] explaining `image`'s pixels for the cosine
 similarity of its embedding to `reference`'s (higher: more important). It is
 pure: jit it with `embed_fn` and the options static, vmap it over (image,
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from srise_jax import _helpers as checks
+from srise_jax.typing import EmbedFn, Explainer, PyTree
 
 KINDS = ("perturbation", "gradient", "reference", "optimisation")
 
@@ -25,14 +26,14 @@ KINDS = ("perturbation", "gradient", "reference", "optimisation")
 class Entry(NamedTuple):
     """A registered explainer: the function and what kind of method it is."""
 
-    fn: Callable
+    fn: Explainer
     kind: str
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
+def register(name: str, *, kind: str) -> Callable[[Callable[..., Any]], Explainer]:
     """Decorator: make an explainer available as `get_explainer(name)`.
 
     Args:
@@ -53,12 +54,13 @@ def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
-    def add(fn: Callable) -> Callable:
+    def add(fn: Callable[..., Any]) -> Explainer:
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
 
         @functools.wraps(fn)
-        def checked(embed_fn, params, image, reference, *args, **kwargs):
+        def checked(embed_fn: EmbedFn, params: PyTree, image: Any, reference: Any,
+                    *args: Any, **kwargs: Any) -> Any:
             checks.check_images(image=image, reference=reference)
             return fn(embed_fn, params, image, reference, *args, **kwargs)
 
@@ -70,7 +72,7 @@ def register(name: str, *, kind: str) -> Callable[[Callable], Callable]:
     return add
 
 
-def get_explainer(name: str) -> Callable:
+def get_explainer(name: str) -> Explainer:
     """The explainer registered as `name`.
 
     Args:

