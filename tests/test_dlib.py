@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from srise_jax.models import DLIB_DISTANCE_THRESHOLD, DLIB_THRESHOLD, dlib_embed_fn, load_dlib
-from srise_jax.models import checkpoint, dlib_resnet
+from srise_jax.models import checkpoint, dlib_resnet, dlib_weights
 from srise_jax.models.conversion import ConversionError
 from srise_jax.models.dlib_dat import DatReader, dat_to_variables, read_dat
 
@@ -26,7 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "dlib"
 
 def _model_file():
     try:
-        return dlib_resnet.model_file()
+        return dlib_weights.model_file()
     except (ModuleNotFoundError, FileNotFoundError) as err:
         pytest.skip(f"face_recognition_models is not installed ({err}); pip install \"srise-jax[demo]\"")
 
@@ -233,7 +233,7 @@ def test_cache_of_another_format_version_is_rebuilt(tmp_path, dlib_model):
     stale = {**_metadata(cache), "format_version": 0}
     (cache / checkpoint.METADATA_FILE).write_text(json.dumps(stale))
     _, rebuilt = load_dlib(cache=cache)
-    assert _metadata(cache)["format_version"] == dlib_resnet.FORMAT_VERSION
+    assert _metadata(cache)["format_version"] == dlib_weights.FORMAT_VERSION
     jax.tree.map(np.testing.assert_array_equal, rebuilt, params)
 
 
@@ -242,7 +242,7 @@ def test_cache_of_other_weights_is_rebuilt(tmp_path):
     load_dlib(cache=cache)
     (cache / checkpoint.METADATA_FILE).write_text(json.dumps({**_metadata(cache), "source_sha256": "0" * 64}))
     load_dlib(cache=cache)
-    assert _metadata(cache)["source_sha256"] == dlib_resnet.sha256_file(_model_file())
+    assert _metadata(cache)["source_sha256"] == dlib_weights.sha256_file(_model_file())
 
 
 # orbax leaves an event-loop warning behind when it meets the damaged file.
@@ -260,7 +260,7 @@ def test_truncated_cache_is_rebuilt(tmp_path, dlib_model, chips):
 
 def test_cache_root_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SRISE_JAX_CACHE", str(tmp_path))
-    assert dlib_resnet.cache_dir() == tmp_path / "dlib-resnet-v1"
+    assert dlib_weights.cache_dir() == tmp_path / "dlib-resnet-v1"
 
 
 def test_missing_package_names_the_extra(monkeypatch):

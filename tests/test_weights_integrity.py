@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from srise_jax import cli
-from srise_jax.models import checkpoint, dlib_resnet, load_arcface, load_dlib
+from srise_jax.models import checkpoint, dlib_weights, load_arcface, load_dlib
 from srise_jax.models.dlib_dat import OFFICIAL_SHA256, DatReader, dat_to_variables, read_dat
 from weights_conversion import arcface as arcface_conversion
 from weights_conversion import dlib as dlib_conversion
@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _model_file():
     try:
-        return dlib_resnet.model_file()
+        return dlib_weights.model_file()
     except (ModuleNotFoundError, FileNotFoundError) as err:
         pytest.skip(f"face_recognition_models is not installed ({err})")
 
@@ -179,7 +179,7 @@ def test_dlib_cache_without_checksums_is_rebuilt(dlib_cache, tmp_path):
 
 def test_official_sha256_is_that_of_the_installed_package_file():
     # face_recognition_models==0.3.0 is the pinned [demo] extra.
-    assert dlib_resnet.sha256_file(_model_file()) == OFFICIAL_SHA256
+    assert dlib_weights.sha256_file(_model_file()) == OFFICIAL_SHA256
 
 
 def _own_dat(tmp_path):

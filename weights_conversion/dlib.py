@@ -6,7 +6,7 @@ Usage::
 
 Without ``MODEL.dat``, the file of ``face_recognition_models`` is converted.
 The NumPy reader of dlib's format is `srise_jax.models.dlib_dat` (``load_dlib``
-converts on first use with it) and the conversion `srise_jax.models.dlib_resnet.convert_dat`;
+converts on first use with it) and the conversion `srise_jax.models.dlib_weights.convert_dat`;
 this module is their command line. A .dat other than the one
 ``face_recognition_models`` 0.3.0 ships (see ``OFFICIAL_SHA256``) is converted
 all the same, with a warning: your own weights are legitimate, but should not
@@ -30,7 +30,7 @@ from srise_jax.models.dlib_dat import (
     network_layers,
     read_dat,
 )
-from srise_jax.models.dlib_resnet import convert_dat, model_file
+from srise_jax.models.dlib_weights import convert_dat, model_file
 from weights_conversion.common import run_conversion
 
 # `convert` is the name this module gave `convert_dat` before the reader moved into the library.

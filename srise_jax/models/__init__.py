@@ -9,8 +9,8 @@ from srise_jax.models.dlib_resnet import (
     DlibResNet,
     dlib_embed_fn,
     dlib_feature_fns,
-    load_dlib,
 )
+from srise_jax.models.dlib_weights import load_dlib
 from srise_jax.models.embedding import FeatureFns
 from srise_jax.models.iresnet import (
     ARCH_BLOCKS,

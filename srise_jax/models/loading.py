@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from srise_jax.models.arcface import ARCFACE_THRESHOLD, load_arcface, read_metadata
-from srise_jax.models.dlib_resnet import DLIB_THRESHOLD, dlib_feature_fns, load_dlib
+from srise_jax.models.dlib_resnet import DLIB_THRESHOLD, dlib_feature_fns
+from srise_jax.models.dlib_weights import load_dlib
 from srise_jax.models.dlib_resnet import INPUT_SIZE as DLIB_INPUT_SIZE
 from srise_jax.models.dlib_resnet import LAYER_GROUPS as DLIB_LAYER_GROUPS
 from srise_jax.models.embedding import FeatureFns
