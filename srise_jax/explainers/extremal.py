@@ -13,15 +13,13 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from srise_jax.explainers.gradients import similarity_fn
 from srise_jax.explainers.registry import register
+from srise_jax.typing import EmbedFn, PyTree
 
 
 def _upsample(logits: jax.Array, shape: tuple[int, int]) -> jax.Array:
@@ -30,7 +28,7 @@ def _upsample(logits: jax.Array, shape: tuple[int, int]) -> jax.Array:
 
 
 @register("extremal", kind="optimisation")
-def extremal(embed_fn: Callable[[Any, jax.Array], jax.Array], params: Any, image: jax.Array,
+def extremal(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
              reference: jax.Array, key: jax.Array, *, mask_size: int = 14, num_steps: int = 100,
              learning_rate: float = 0.1, area_weight: float = 1.0, fill: float = 0.0) -> jax.Array:
     """The smallest smooth mask that keeps the similarity, found with Adam.
@@ -67,10 +65,17 @@ def extremal(embed_fn: Callable[[Any, jax.Array], jax.Array], params: Any, image
 
     optimiser = optax.adam(learning_rate)
 
-    def step(carry, _):
+    def step(carry: tuple[jax.Array, optax.OptState], _: None
+             ) -> tuple[tuple[jax.Array, optax.OptState], None]:
         logits, state = carry
-        updates, state = optimiser.update(jax.grad(loss)(logits), state)
-        return (optax.apply_updates(logits, updates), state), None
+        grads = jax.grad(loss)(logits)
+        # optax's Adam raises its decay rates to the power of an int32 step
+        # count, a mixed float/int operation that strict dtype promotion
+        # refuses: the standard rules apply to the optimiser's own arithmetic
+        # only, whatever the caller's setting.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = optimiser.update(grads, state)
+            return (optax.apply_updates(logits, updates), state), None
 
     logits = jnp.zeros((mask_size, mask_size), jnp.float32)
     (logits, _), _ = jax.lax.scan(step, (logits, optimiser.init(logits)), None, length=num_steps)

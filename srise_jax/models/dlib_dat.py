@@ -252,7 +252,12 @@ def _read_add_layer_tail(reader: DatReader, version: int, *, input_layer: bool) 
 
 
 def network_layers() -> list[str]:
-    """The layers of anet_type from the input up: dlib type strings, and "tag"/"skip"."""
+    """The layers of anet_type from the input up, as the .dat lists them (reversed).
+
+    Returns:
+      dlib layer type strings ("con_4", "affine_", ...) and the markers
+      "tag"/"skip" of the residual branches, input first.
+    """
     layers = ["con_4", "affine_", "relu_", "max_pool_2"]
     block = ["con_4", "affine_", "relu_", "con_4", "affine_"]
     for _, blocks, downsample in LEVELS:

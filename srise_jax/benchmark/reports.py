@@ -1,0 +1,105 @@
+"""A run directory's reports: table.md (Table 1), curves.png and convergence.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from srise_jax import outputs, viz
+from srise_jax.benchmark import store
+from srise_jax.benchmark.table import format_table, summarize
+
+
+class Reports(NamedTuple):
+    """What `write_reports` wrote.
+
+    Attributes:
+      table: Table 1, one dict per method (`summarize`).
+      paths: the files written: table.md, curves.png and, when written,
+        convergence.png.
+    """
+
+    table: list[dict[str, Any]]
+    paths: list[Path]
+
+
+def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[str] = (),
+                  command: str | None = None, num_resamples: int = 10_000) -> Reports:
+    """Table 1 and the figures of a run directory's results.csv.
+
+    table.md holds a title line (model, threshold, data, triplets), the
+    command if given, and `format_table`'s table; curves.png the mean
+    deletion/insertion curves of each method over its scored maps;
+    convergence.png (with several S-RISE counts, from the maps kept in
+    `out`/maps) each kept triplet's probe-vs-mate map at every count, as
+    in the paper's Fig. 6.
+
+    The title gives run.json's threshold, data and triplet count; the
+    bootstrap's seed is the run's.
+
+    Args:
+      out: the run directory (`run_benchmark`'s).
+      model_label: the model's name for titles (`FaceModel.label`).
+      labels: the methods in the table's order; methods of results.csv
+        not named follow, sorted.
+      command: the command line that made the run, quoted in table.md.
+      num_resamples: bootstrap resamples of the intervals (`summarize`).
+
+    Returns:
+      The `Reports`.
+    """
+    out = Path(out)
+    run = json.loads((out / "run.json").read_text())
+    rows = store.read_rows(out / "results.csv")
+    present = {row["method"] for row in rows}
+    order = [label for label in labels if label in present]
+    order += sorted(present - set(order))
+    table = summarize(rows, methods=order, num_resamples=num_resamples, seed=run["seed"])
+    title = (f"{model_label}, threshold {run['threshold']:g}, data {run['data']}, "
+             f"{run['num_triplets']} triplets")
+    quoted = "" if command is None else f"Command: `{command}`\n\n"
+    text = f"# Deletion / Insertion benchmark\n\n{title}.\n\n{quoted}" + format_table(table)
+    written = [out / "table.md", out / "curves.png"]
+    with outputs.atomic_file(written[0]) as file:
+        file.write(text.encode())
+    curves: dict[str, dict[str, list[list[float]]]] = {}
+    for row in rows:
+        if row["deletion_curve"]:
+            entry = curves.setdefault(row["method"], {"deletion": [], "insertion": []})
+            for mode in ("deletion", "insertion"):
+                entry[mode].append([float(v) for v in row[f"{mode}_curve"].split()])
+    viz.plot_mean_curves({m: curves[m] for m in order if m in curves}, path=written[1],
+                         title=f"Deletion / insertion curves, mean over scored maps: {title}")
+    figure_rows = _convergence_rows(out / "maps", order)
+    if figure_rows:
+        written.append(out / "convergence.png")
+        viz.plot_convergence(figure_rows, path=written[-1],
+                             title=f"S-RISE after N masks (Fig. 6), {model_label}")
+    return Reports(table, written)
+
+
+def _convergence_rows(maps: Path, order: Sequence[str]) -> dict[str, tuple]:
+    """Fig. 6's rows: each kept triplet's probe-vs-mate S-RISE map at every count.
+
+    Only with several S-RISE counts, and for the triplets whose .npz holds
+    all of them.
+    """
+    srise_labels = [label for label in order if label.split("@")[0] == "srise"]
+    examples = sorted(maps.glob("triplet*.npz")) if maps.is_dir() else []
+    if len(srise_labels) < 2:
+        return {}
+    figure_rows = {}
+    for path in examples:
+        with np.load(path) as saved:
+            keys = [f"{label}/mate/probe" for label in srise_labels]
+            if all(k in saved.files for k in keys):
+                counts = {label.split("@")[1] if "@" in label else "500": saved[k]
+                          for label, k in zip(srise_labels, keys)}
+                figure_rows[f"{path.stem}: probe vs mate"] = (
+                    saved["probe"], {f"N = {n}": m for n, m in counts.items()})
+    return figure_rows

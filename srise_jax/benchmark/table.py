@@ -1,0 +1,262 @@
+"""Table 1 from result rows: means over the same rows, pair-bootstrap intervals, Markdown.
+
+Pure computation on rows (mappings, as `results.csv` holds them or as
+numbers): `summarize` averages each method's Deletion, Insertion, their
+average and the AUCs with 95% bootstrap intervals that resample distinct
+pairs (`pair_identity`); `format_table` prints the paper's Table 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from srise_jax import metrics
+
+# Table 1's metrics. The paper's two fractions and their average are means
+# over the SAME rows (those where both fractions are defined), so the
+# average column is the average of the two beside it; each AUC is a mean
+# over the scored rows where it is defined.
+FRACTIONS = ("deletion", "insertion", "average")
+AUCS = ("deletion_auc", "insertion_auc")
+
+# Why `summarize` excluded a row: a pair the model rejects is not scored
+# (the row's "match" is false); a NaN or empty fraction of a row that gives
+# no "<metric>_reason" (rows written before reasons existed) is `NO_REASON`.
+REJECTED = metrics.UNDEFINED_REASONS[0]  # "rejected", as metrics names it
+NO_REASON = "no_reason_given"
+_NO_REASON_TEXT = "NaN or empty, and the row gives no reason"
+
+# The keys `summarize` reads from every row.
+_ROW_KEYS = ("method", "image", "reference", "match", "deletion", "insertion")
+
+
+def pair_identity(row: Mapping[str, Any]) -> frozenset[str]:
+    """The pair a result row scores: its two images, unordered.
+
+    Table 1's bootstrap resamples these, not rows or triplets: a pair that
+    recurs in several triplets (the bundled protocol has (obama, obama2) and
+    (obama2, obama3) in three triplets each) gives rows that are near-copies,
+    and both sides of a pair explain one decision.
+
+    Args:
+      row: a result row with "image" and "reference" (image names or paths
+        relative to the data folder, as `results.csv` holds them).
+
+    Returns:
+      {image, reference}: equal for the rows of one pair in any triplet, on
+      either side.
+    """
+    return frozenset((str(row["image"]), str(row["reference"])))
+
+
+def _number(value: Any) -> float:
+    """A CSV cell or a float as a float; empty or missing -> NaN."""
+    if value is None or value == "":
+        return math.nan
+    return float(value)
+
+
+class _Interval(NamedTuple):
+    mean: float
+    low: float
+    high: float
+    n: int  # values in the mean
+    pairs: int  # clusters the bootstrap resamples
+
+
+def _mean_ci(values: Sequence[tuple[Any, float]], *, num_resamples: int,
+             rng: np.random.Generator, level: float) -> _Interval:
+    """Mean of (cluster, value) values and its percentile bootstrap interval over clusters.
+
+    Rows of one cluster (one pair) are not independent, so the bootstrap
+    resamples whole clusters, in order of first appearance, and recomputes
+    the mean over their rows: a pair's rows weigh as many rows in the mean
+    but count once in the interval's width. One cluster has no spread to
+    resample: its interval is NaN.
+    """
+    groups: dict[Any, list[float]] = {}
+    for cluster, value in values:
+        groups.setdefault(cluster, []).append(value)
+    if not groups:
+        return _Interval(math.nan, math.nan, math.nan, 0, 0)
+    sums = np.array([np.sum(group) for group in groups.values()])
+    counts = np.array([len(group) for group in groups.values()])
+    mean = float(sums.sum() / counts.sum())
+    if len(groups) < 2:
+        return _Interval(mean, math.nan, math.nan, int(counts.sum()), 1)
+    picks = rng.integers(len(groups), size=(num_resamples, len(groups)))
+    resampled = sums[picks].sum(1) / counts[picks].sum(1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail])
+    return _Interval(mean, float(low), float(high), int(counts.sum()), len(groups))
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | None = None,
+              num_resamples: int = 10_000, level: float = 0.95,
+              seed: int = 0) -> list[dict[str, Any]]:
+    """Table 1 from result rows: per method, means with pair-bootstrap intervals.
+
+    Which rows count. A row whose pair the model rejects ("match" false)
+    is not scored and is excluded as `REJECTED`. Of the scored rows,
+    Deletion, Insertion and their average ((D + I) / 2 per row) are means
+    over the SAME rows, those where both fractions are defined, so the
+    average is the average of the two columns; a row with an undefined
+    (NaN or empty) fraction is left out of all three and counted under
+    "<metric> <reason>", its "<metric>_reason" (`metrics.UNDEFINED_REASONS`,
+    e.g. "deletion cannot_flip"; `NO_REASON` when the row has none). Those
+    reasons but "invalid_input" do not depend on the map ("rejected",
+    "cannot_flip", "already_flipped" are decided by the intact and the
+    all-mean images), so every method with finite maps is averaged over the
+    same rows. Each AUC is a mean over the scored rows where it is defined.
+
+    Intervals: a percentile bootstrap over distinct pairs (`pair_identity`:
+    the same two images, in any triplet, on either side), each resample
+    recomputing the mean over its pairs' rows; with fewer than two pairs
+    the interval is NaN.
+
+    Args:
+      rows: result rows: mappings with "method", "image", "reference",
+        "match", "deletion", "insertion" and optionally "iterations",
+        "deletion_reason", "insertion_reason", "deletion_auc",
+        "insertion_auc"; numbers or CSV strings, empty meaning NaN.
+      methods: labels in the table's order; default: order of appearance.
+      num_resamples: bootstrap resamples of the pairs.
+      level: coverage of the interval.
+      seed: the bootstrap's seed: each (method, metric) draws its resamples
+        from ``numpy.random.default_rng([seed, zlib.crc32(b"<method>/<metric>")])``,
+        so a method's interval does not depend on the other methods.
+
+    Returns:
+      One dict per method: "method", "iterations"; for each metric of
+      `FRACTIONS` and `AUCS`: "<metric>" (mean), "<metric>_low",
+      "<metric>_high", "<metric>_n" (rows in the mean; one count for the
+      three `FRACTIONS`) and "<metric>_pairs" (distinct pairs among them:
+      what the bootstrap resamples); and "excluded": {`REJECTED` or
+      "<metric> <reason>": rows}, a row undefined in both fractions
+      counted under both.
+
+    Raises:
+      ValueError: a row lacks one of the keys above that are not optional.
+    """
+    by_method: dict[str, dict[str, Any]] = {}
+    for number, row in enumerate(rows):
+        missing = [key for key in _ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"result row {number}: no {', '.join(map(repr, missing))}")
+        entry = by_method.setdefault(row["method"], {
+            "iterations": row.get("iterations", ""), "excluded": collections.Counter(),
+            "values": {metric: [] for metric in FRACTIONS + AUCS}})
+        if str(row["match"]) not in ("1", "True", "true"):
+            entry["excluded"][REJECTED] += 1
+            continue
+        pair = pair_identity(row)
+        d, i = _number(row["deletion"]), _number(row["insertion"])
+        undefined = [metric for metric, value in (("deletion", d), ("insertion", i))
+                     if math.isnan(value)]
+        for metric in undefined:
+            entry["excluded"][f"{metric} {row.get(f'{metric}_reason') or NO_REASON}"] += 1
+        if not undefined:
+            for metric, value in zip(FRACTIONS, (d, i, (d + i) / 2)):
+                entry["values"][metric].append((pair, value))
+        for metric in AUCS:
+            value = _number(row.get(metric))
+            if not math.isnan(value):
+                entry["values"][metric].append((pair, value))
+    order = list(methods) if methods is not None else list(by_method)
+    table = []
+    for label in order:
+        if label not in by_method:
+            continue
+        entry = by_method[label]
+        line: dict[str, Any] = {"method": label, "iterations": entry["iterations"]}
+        for metric in FRACTIONS + AUCS:
+            rng = np.random.default_rng([seed, zlib.crc32(f"{label}/{metric}".encode())])
+            interval = _mean_ci(entry["values"][metric], num_resamples=num_resamples,
+                                rng=rng, level=level)
+            line.update({metric: interval.mean, f"{metric}_low": interval.low,
+                         f"{metric}_high": interval.high, f"{metric}_n": interval.n,
+                         f"{metric}_pairs": interval.pairs})
+        line["excluded"] = dict(entry["excluded"])
+        table.append(line)
+    return table
+
+
+def _cell(line: Mapping[str, Any], metric: str) -> str:
+    mean = line[metric]
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(line[f"{metric}_low"]):
+        return f"{mean:.4f} [one pair: no interval]"
+    return f"{mean:.4f} [{line[f'{metric}_low']:.4f}, {line[f'{metric}_high']:.4f}]"
+
+
+def _exclusion_order(names: Iterable[str]) -> list[str]:
+    """Exclusion names in a table's order: `REJECTED` first, then by name."""
+    return sorted(set(names), key=lambda name: (name != REJECTED, name))
+
+
+def format_table(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) -> str:
+    """Markdown: the paper's Table 1 columns, with intervals, row counts and the AUCs.
+
+    Each metric cell is "mean [low, high]" (the bootstrap interval at
+    `level`). Deletion, Insertion and their average are over the same rows
+    (column "rows", from "pairs" distinct pairs); "excluded rows" counts the
+    rows left out, by reason; "AUC rows" gives the rows (and pairs) of each
+    AUC. Deletion, Insertion, their average and the deletion AUC: smaller is
+    better; insertion AUC: larger is better. The caption says which rows
+    count, what the bootstrap resamples and what each exclusion means.
+
+    Args:
+      table: one row per method, as `summarize` returns them.
+      level: the interval level `summarize` used, for the caption.
+
+    Returns:
+      The Markdown table and its caption, ending in a newline.
+
+    References:
+      Lu and Ebrahimi, arXiv:2304.06118, Table 1.
+    """
+    percent = f"{100 * level:g}%"
+    header = ["method", "iterations", "deletion", "insertion", "average", "rows", "pairs",
+              "excluded rows", "deletion AUC", "insertion AUC", "AUC rows (pairs)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in table:
+        name, _, count = line["method"].partition("@")
+        cells = [name, count or str(line["iterations"] or "-")]
+        cells += [_cell(line, metric) for metric in FRACTIONS]
+        cells += [str(line["average_n"]), str(line["average_pairs"])]
+        excluded = line["excluded"]
+        cells.append(", ".join(f"{excluded[exclusion]} {exclusion}"
+                               for exclusion in _exclusion_order(excluded)) or "0")
+        cells += [_cell(line, metric) for metric in AUCS]
+        auc_rows = (f"{line[f'{metric}_n']} ({line[f'{metric}_pairs']})" for metric in AUCS)
+        cells.append(" / ".join(dict.fromkeys(auc_rows)))  # once when both agree
+        lines.append("| " + " | ".join(cells) + " |")
+    pairs = {line["average_pairs"] for line in table}
+    resampled = pairs.pop() if len(pairs) == 1 else None
+    over = ("each method's distinct pairs (column pairs)" if resampled is None
+            else f"{resampled} distinct pair{'' if resampled == 1 else 's'}")
+    lines += ["", (
+        f"Deletion, Insertion and their average ((D + I) / 2 per row) are means over "
+        f"the same rows: the scored rows (pairs the model accepts, both images of each "
+        f"pair) where both fractions are defined (column rows); lower is better. Each "
+        f"AUC is a mean over the scored rows where it is defined (deletion AUC: lower "
+        f"is better; insertion AUC: higher is better). {percent} CI: bootstrap over "
+        f"{over}: the rows of one pair (the same two images, in any triplet, on either "
+        f"side) are resampled together, so a pair that recurs in several triplets counts "
+        f"once; no interval from a single pair.")]
+    exclusions = _exclusion_order(e for line in table for e in line["excluded"])
+    if exclusions:
+        lines += ["", "Excluded rows (a row undefined in both fractions counts under both):"]
+        for exclusion in exclusions:
+            reason = exclusion.rpartition(" ")[2]
+            text = (f"{metrics.REASON_TEXT[REJECTED]} (not scored)" if exclusion == REJECTED
+                    else metrics.REASON_TEXT.get(reason, _NO_REASON_TEXT))
+            lines.append(f"- {exclusion}: {text}")
+    return "\n".join(lines) + "\n"
