@@ -1,4 +1,4 @@
-"""Output files of the command line: all of a command's files or none, and run-directory locks.
+"""Output files of the command line: atomic files, all of a command's files or none, run-directory locks.
 
 A command that writes several files (a figure, its scores, its curves) must
 leave either all of them or none: a run that fails after minutes of
@@ -15,6 +15,10 @@ file in it, which records who holds it so that the second run can say so.
 The lock ends with the process that holds it, so a killed run never leaves a
 stale lock. On network filesystems it is as reliable as their `flock`.
 
+`atomic_file` is the single-file writer beneath them: a file that replaces
+its final name only once it is written whole (the figures of `srise_jax.viz`
+are saved with it).
+
 Nothing here prints: the command line reports `OutputError` as one line.
 """
 
@@ -26,8 +30,10 @@ import fcntl
 import os
 import secrets
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 # Temporary names start with a dot and at most this much of the final name,
 # so that they stay far below NAME_MAX whatever the final name's length.
@@ -73,6 +79,43 @@ def check_writable(path: str | os.PathLike) -> None:
         raise OutputError(f"{path}: is a directory, expected a file name")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{path}: exists and is read-only")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` only once the block has succeeded.
+
+    The data goes to a temporary file in the same directory (so the final
+    `os.replace` is an atomic rename); if the block raises, the temporary
+    file is removed and `path` is left as it was.
+
+    Args:
+      path: the file to write; its directory must exist.
+
+    Yields:
+      The temporary file, open for binary writing.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+        # mkstemp makes the file private (0600); give it the permissions an
+        # ordinary open() would have.
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class StagedOutputs:

@@ -1,21 +1,19 @@
-"""Figures: a triplet's S-RISE maps, Deletion/Insertion curves, convergence.
+"""Figures: a triplet's S-RISE maps, any explainer's maps, Deletion/Insertion curves, convergence, sanity.
 
 The functions build `matplotlib.figure.Figure` objects directly, without
 pyplot: no display is needed, the global backend is left alone, and no figure
 is kept alive by pyplot's registry. They draw; they never print. Given a
-`path`, they write a PNG atomically (a temporary file beside it, then a
-rename), so a crash never leaves a half-written figure.
+`path`, they write a PNG atomically (`srise_jax.outputs.atomic_file`: a
+temporary file beside it, then a rename), so a crash never leaves a
+half-written figure.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from matplotlib import cm, colors, ticker
@@ -23,6 +21,11 @@ from matplotlib.figure import Figure
 
 from srise_jax import metrics, srise
 from srise_jax.metrics import MetricResult
+# The file writer moved to `srise_jax.outputs`; `viz.atomic_file` stays for callers.
+from srise_jax.outputs import atomic_file
+
+if TYPE_CHECKING:  # for annotations only: drawing needs no model code
+    from srise_jax.sanity import SanityResult
 
 # The four maps of a triplet, each named "<image>_vs_<reference>": the image
 # the map explains and the intact image it was compared with.
@@ -295,6 +298,18 @@ def map_label(name: str, roles: Sequence[str] = ROLES) -> str:
     return " vs ".join(role_of[face] for face in name.split("_vs_"))
 
 
+def map_pair(name: str) -> str:
+    """The pair a map of `MAP_NAMES` belongs to: the face in its name other than the probe.
+
+    Args:
+      name: one of `MAP_NAMES`, e.g. "nonmate_vs_probe".
+
+    Returns:
+      "mate" or "nonmate".
+    """
+    return next(face for face in name.split("_vs_") if face != "probe")
+
+
 def _decision_text(similarity: float, threshold: float | None) -> str:
     """'cosine 0.934, match at 0.907': the verdict comes from the score alone."""
     if threshold is None:
@@ -462,6 +477,126 @@ def plot_convergence(
     return figure
 
 
+def plot_maps(
+    maps: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    similarity: Mapping[str, float] | None = None,
+    threshold: float | None = None,
+    scores: Mapping[str, Mapping[str, MetricResult | float]] | None = None,
+    roles: Sequence[str] = ROLES,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Any explainer's maps of a pair or a triplet, one column per map.
+
+    Each column shows the face a map explains, then the map over it. Maps of
+    different methods are in different units (cosine, gradient, rank), so
+    each is scaled to its own range: the figure shows where a map puts its
+    weight, not how strong it is. (`plot_triplet` draws S-RISE triplets with
+    their levels.)
+
+    Args:
+      maps: {name: (image, reference, saliency)} as `triplet_maps` gives
+        them, names "<image>_vs_<reference>" of `MAP_NAMES` (the first two
+        for a pair); images Float[ndarray, "h w 3"] in [0, 1], maps
+        Float[ndarray, "h w"].
+      similarity: {"mate": cosine, "nonmate": cosine} of the pairs shown;
+        each map's panel then gives its pair's cosine (and, with
+        `threshold`, the model's decision).
+      threshold: the verification threshold.
+      scores: optional numbers printed under the maps, e.g. {name:
+        {"deletion": MetricResult, "insertion": 0.4}} (see `fraction_text`).
+      roles: the names of (probe, mate, nonmate), as in `plot_triplet`.
+      path: if given, the figure is also written there as a PNG.
+      title: the figure's title.
+
+    Returns:
+      The figure; each overlay carries its map's name as gid.
+
+    Raises:
+      ValueError: a name that is not "<image>_vs_<reference>" of `ROLES`,
+        one of them the probe.
+    """
+    role_of = dict(zip(ROLES, roles))
+    for name in maps:
+        faces = name.split("_vs_")
+        if len(faces) != 2 or not set(faces) <= set(ROLES) or "probe" not in faces:
+            raise ValueError(f"map names must be <image>_vs_<reference> of {ROLES}, one of "
+                             f"them the probe, got {name!r}")
+    notes = {name: "\n".join(textwrap.fill(f"{metric} {fraction_text(value)}", _NOTE_CHARS)
+                             for metric, value in by_metric.items())
+             for name, by_metric in (scores or {}).items()}
+    note_lines = max((note.count("\n") + 1 for note in notes.values()), default=0)
+    figure = Figure(figsize=(len(maps) * _PANEL_INCHES,
+                             2 * _PANEL_INCHES + 1.2 + _NOTE_LINE_INCHES * note_lines),
+                    dpi=_DPI, layout="constrained")
+    grid = np.asarray(figure.subplots(2, len(maps), squeeze=False))
+    for column, (name, (image, _, saliency)) in zip(grid.T, maps.items()):
+        face = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+        saliency = np.asarray(saliency, np.float32)
+        low, high = saliency.min(), saliency.max()
+        column[0].imshow(face)
+        column[0].set_title(map_label(name, roles), fontsize="medium")
+        column[1].imshow(face)
+        overlay = column[1].imshow((saliency - low) / (high - low if high > low else 1.0),
+                                   cmap=_CMAP, vmin=0.0, vmax=1.0, alpha=_OVERLAY_ALPHA)
+        overlay.set_gid(name)
+        if similarity is not None and map_pair(name) in similarity:
+            column[1].set_title(_decision_text(float(similarity[map_pair(name)]), threshold),
+                                fontsize="small")
+        if name in notes:
+            padding = "\n" * (note_lines - 1 - notes[name].count("\n"))
+            column[1].set_xlabel(notes[name] + padding, fontsize="small")
+        for axes in column:
+            axes.set_xticks([])
+            axes.set_yticks([])
+    figure.supxlabel(f"each map scaled to its own range ({_CMAP} colours: blue least, "
+                     f"red most salient); the {role_of['probe']} is compared with each "
+                     "other face", fontsize="small")
+    if title is not None:
+        figure.suptitle(title)
+    if path is not None:
+        save_png(figure, path)
+    return figure
+
+
+def plot_sanity(face: np.ndarray, result: SanityResult, *, path: str | Path | None = None,
+                title: str | None = None) -> Figure:
+    """A cascading randomization (`sanity.cascading_randomization`) as one row of maps.
+
+    The face, the map under the trained model, then the map after each step,
+    titled with the group randomized last and the map's Spearman correlation
+    with the original. Each map is drawn on its own colour scale: the test
+    asks whether the map's order survives, not its values.
+
+    Args:
+      face: Float[ndarray, "h w 3"] in [0, 1], the image explained.
+      result: the `SanityResult` of its maps.
+      path: if given, the figure is also written there as a PNG.
+      title: the figure's title.
+
+    Returns:
+      The figure.
+    """
+    count = len(result.maps) + 1
+    figure = Figure(figsize=(1.6 * count, 2.2), dpi=_DPI, layout="constrained")
+    axes = figure.subplots(1, count, squeeze=False)[0]
+    titles = ["face", "original"] + [f"{group}\n\u03c1 = {float(rho):.2f}"
+                                     for group, rho in zip(result.steps, result.spearman)]
+    axes[0].imshow(np.clip(np.asarray(face), 0.0, 1.0))
+    for panel, saliency in zip(axes[1:], np.asarray(result.maps)):
+        panel.imshow(saliency, cmap=_CMAP)
+    for panel, text in zip(axes, titles):
+        panel.set_title(text, fontsize=8)
+        panel.set_xticks([])
+        panel.set_yticks([])
+    if title is not None:
+        figure.suptitle(title, fontsize=9)
+    if path is not None:
+        save_png(figure, path)
+    return figure
+
+
 def save_png(figure: Figure, path: str | Path) -> None:
     """Write `figure` as a PNG at its own size and resolution, atomically.
 
@@ -471,39 +606,3 @@ def save_png(figure: Figure, path: str | Path) -> None:
     """
     with atomic_file(path) as file:
         figure.savefig(file, format="png", dpi=figure.dpi)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces `path` only once the block has succeeded.
-
-    The data goes to a temporary file in the same directory (so the final
-    `os.replace` is an atomic rename); if the block raises, the temporary
-    file is removed and `path` is left as it was.
-
-    Args:
-      path: the file to write; its directory must exist.
-
-    Yields:
-      The temporary file, open for binary writing.
-    """
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            yield file
-        # mkstemp makes the file private (0600); give it the permissions an
-        # ordinary open() would have.
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

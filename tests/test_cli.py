@@ -2,8 +2,10 @@
 
 The model is a random iResNet-18 written as a PyTorch state dict by the
 independent reference in tests/torch_iresnet.py and converted once per
-test session (conftest.py). The settings are tiny: 16 masks, batch 8, and a
-threshold of -1 with a coarse metric step, so that Deletion never flips (9 grid points, fraction
+test session (conftest.py), or, where only the command's plumbing is
+tested, a planted 32x32 model registered with `srise_jax.models.register_model`.
+The settings are tiny: 16 masks, batch 8, and a threshold of -1 with a
+coarse metric step, so that Deletion never flips (9 grid points, fraction
 1.0) and Insertion is undefined at once (NaN, reported as null + reason).
 """
 
@@ -22,7 +24,9 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_error_line as _assert_one_error_line
-from srise_jax import cli, metrics, srise, viz
+from conftest import region_embed
+from srise_jax import align, cli, explainers, images, metrics, models, presets, srise, viz
+from srise_jax.cli import pipeline
 from srise_jax.images import synthetic_faces
 
 torch.set_num_threads(1)  # the test machine's cores are shared
@@ -86,6 +90,11 @@ def test_explain_writes_figure_json_and_curves(tmp_path, weights, face_files, ca
     assert "probe vs mate" in out and "n/a (cannot_flip)" in out and f"wrote {figure}" in out
 
 
+def _face_model(embed_fn, params, size, *, name="planted_cli"):
+    return models.FaceModel(name, "planted", embed_fn, params, size, align.ARCFACE_112, 0.2,
+                            (), None, {"model": name})
+
+
 @pytest.mark.parametrize("share_probe_masks", [False, True])
 def test_mask_ranges_add_up_to_one_full_run(planted_region, share_probe_masks):
     embed_fn, params, _, probe, mate = planted_region
@@ -94,7 +103,9 @@ def test_mask_ranges_add_up_to_one_full_run(planted_region, share_probe_masks):
     config = srise.SRiseConfig(num_masks=20, batch_size=2, num_patches=10, kernel_size=9,
                                sigma=2.0, share_probe_masks=share_probe_masks)
     key = jax.random.key(3)
-    chunked = cli._saliency(embed_fn, params, (probe, mate, nonmate), config, key)
+    chunked = pipeline.compute_triplet(_face_model(embed_fn, params, 32),
+                                       (probe, mate, nonmate), config=config, key=key,
+                                       threshold=0.0, with_metrics=False).triplet
     whole = srise.srise_triplet(embed_fn, params, probe, mate, nonmate, key, config)
     for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -116,8 +127,8 @@ def _two_mates(args, directory):
     args.insert(args.index("--mate") + 2, str(directory / "extra.png"))
 
 
-def _no_nonmate(args, directory):
-    del args[args.index("--nonmate"):args.index("--nonmate") + 2]
+def _unknown_method(args, directory):
+    args += ["--method", "nope"]
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -127,7 +138,7 @@ def _no_nonmate(args, directory):
     (_set("--num-masks", lambda d: 0), "must be a positive integer"),
     (_set("--threshold", lambda d: 1.5), "in [-1, 1]"),
     (_two_mates, "unrecognized arguments"),
-    (_no_nonmate, "required: --nonmate"),
+    (_unknown_method, "unknown explainer 'nope'"),
     (_set("--out", lambda d: d / "no" / "fig.png"), "does not exist"),
 ])
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, weights, face_files,
@@ -204,30 +215,156 @@ def test_demo_with_dlib_runs_end_to_end(tmp_path, capsys):
 
 def test_explain_preset_mean_fill_gives_the_library_maps(tmp_path, weights, face_files,
                                                          capsys):
-    from srise_jax import ablation, images
-    figure, scores = tmp_path / "fig.png", tmp_path / "s.json"
     faces = face_files[:3]
-    status = cli.main(_explain_args(weights, faces, figure) + [
-        "--json", str(scores), "--preset", "mean_fill", "--num-masks", "8",
-        "--batch-size", "8", "--threshold", "-1", "--metric-step", "1568"])
+    scores, saved = tmp_path / "s.json", tmp_path / "maps.npz"
+    status = cli.main(_explain_args(weights, faces, tmp_path / "fig.png") + [
+        "--json", str(scores), "--save-maps", str(saved), "--preset", "mean_fill",
+        "--num-masks", "8", "--batch-size", "8", "--threshold", "-1", "--metric-step", "1568"])
     assert status == 0, capsys.readouterr().err
     config = json.loads(scores.read_text())["settings"]["config"]
     assert (config["fill"], config["normalize"], config["combine"]) == ("mean", "coverage", "max")
     # The maps the command computes are the library's with the preset.
-    args = cli._build_parser().parse_args(_explain_args(weights, faces, figure) + [
-        "--preset", "mean_fill", "--num-masks", "8", "--batch-size", "8"])
-    model = cli._load_model(args, "arcface")
+    model = models.load("arcface", weights)
     loaded = [images.load_face(path) for path in faces]
-    run = cli._compute(args, model, loaded, threshold=-1.0, with_metrics=False)
     want = srise.srise_triplet(model.embed_fn, model.params, *loaded, jax.random.key(0),
-                               ablation.preset("mean_fill", num_masks=8, batch_size=8))
-    np.testing.assert_allclose(run.triplet.mate.saliency_a, want.mate.saliency_a,
-                               rtol=1e-5, atol=1e-6)
+                               presets.preset("mean_fill", num_masks=8, batch_size=8))
+    with np.load(saved) as maps:
+        np.testing.assert_allclose(maps["maps"][0], want.mate.saliency_a, rtol=1e-5, atol=1e-6)
     default = srise.srise_triplet(model.embed_fn, model.params, *loaded, jax.random.key(0),
                                   srise.SRiseConfig(num_masks=8, batch_size=8))
     assert not np.allclose(default.mate.saliency_a, want.mate.saliency_a, atol=1e-4)
-    with pytest.raises(ValueError, match="unknown preset"):
-        ablation.preset("best")
+
+
+# ----------------------------------------------------------------------------
+# explain with any method, on a pair or a triplet, with its raw maps (planted model)
+# ----------------------------------------------------------------------------
+
+_PLANTED_PARAMS = {"const": jnp.full((16,), 0.2, jnp.float32), "offset": jnp.float32(0.5)}
+_PLANTED_EMBED = region_embed((8, 20, 6, 26))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def planted_cli():
+    """--model planted_cli: a region read-out on 32x32 crops, for this module's tests."""
+    models.register_model("planted_cli", lambda weights, *, dtype: _face_model(
+        _PLANTED_EMBED, _PLANTED_PARAMS, 32))
+    yield
+    models.unregister_model("planted_cli")
+
+
+@pytest.fixture(scope="module")
+def faces_32(tmp_path_factory):
+    """probe, mate, nonmate PNGs of 32x32 and the crops the command reads from them."""
+    directory = tmp_path_factory.mktemp("faces32")
+    paths = []
+    for role, face in zip(("probe", "mate", "nonmate"), synthetic_faces(0, size=32)):
+        Image.fromarray(np.round(face * 255).astype(np.uint8)).save(directory / f"{role}.png")
+        paths.append(directory / f"{role}.png")
+    return paths, [images.load_face(path, size=32) for path in paths]
+
+
+def _explain_planted(paths, tmp_path, *extra):
+    roles = ("--probe", "--mate", "--nonmate")
+    args = ["explain", "--model", "planted_cli", "--batch-size", "4", "--threshold", "0",
+            "--save-maps", str(tmp_path / "maps.npz"), "--out", str(tmp_path / "fig.png"),
+            "--json", str(tmp_path / "s.json")]
+    for role, path in zip(roles, paths):
+        args += [role, str(path)]
+    return cli.main(args + list(extra))
+
+
+def _saved(tmp_path):
+    with np.load(tmp_path / "maps.npz") as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def _cosine(a, b):
+    a, b = (np.asarray(_PLANTED_EMBED(_PLANTED_PARAMS, x[None]), np.float64)[0] for x in (a, b))
+    return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def test_explain_integrated_gradients_on_a_pair_saves_the_library_maps(tmp_path, faces_32,
+                                                                       capsys):
+    paths, (probe, mate, _) = faces_32
+    status = _explain_planted(paths[:2], tmp_path, "--method", "integrated_gradients@8")
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    with Image.open(tmp_path / "fig.png") as figure:
+        assert figure.format == "PNG"
+    saved = _saved(tmp_path)
+    assert list(saved["names"]) == ["probe_vs_mate", "mate_vs_probe"]
+    assert saved["maps"].dtype == np.float32 and saved["maps"].shape == (2, 32, 32)
+    # The key rule (srise_jax.cli.pipeline): the pair's key is split(key(seed))[0].
+    key = jax.random.split(jax.random.key(0))[0]
+    explainer = explainers.get_explainer("integrated_gradients")
+    for got, (image, reference) in zip(saved["maps"], ((probe, mate), (mate, probe))):
+        want = explainer(_PLANTED_EMBED, _PLANTED_PARAMS, image, reference, key,
+                         num_steps=8, batch_size=4)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # The planted model reads only rows 8:20, columns 6:26: no gradient outside.
+    assert np.all(saved["maps"][:, :8] == 0) and np.any(saved["maps"][:, 8:20, 6:26] != 0)
+    assert list(saved["pairs"]) == ["mate"]
+    np.testing.assert_allclose(saved["similarity"], [_cosine(probe, mate)], rtol=1e-5)
+    settings = json.loads(str(saved["settings"]))
+    assert settings["method"] == "integrated_gradients@8"
+    assert settings["options"] == {"num_steps": 8, "batch_size": 4}
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["settings"] == settings
+    assert set(report["metrics"]) == {"probe_vs_mate", "mate_vs_probe"}
+    assert set(report["metrics"]["probe_vs_mate"]) == {"deletion", "insertion"}
+    assert "probe vs mate" in out and "nonmate" not in out
+
+
+def test_explain_srise_on_a_triplet_saves_the_kernel_maps(tmp_path, faces_32, capsys):
+    paths, faces = faces_32
+    status = _explain_planted(paths, tmp_path, "--num-masks", "8")
+    assert status == 0, capsys.readouterr().err
+    saved = _saved(tmp_path)
+    assert tuple(saved["names"]) == viz.MAP_NAMES and saved["maps"].shape == (4, 32, 32)
+    want = srise.srise_triplet(_PLANTED_EMBED, _PLANTED_PARAMS, *faces, jax.random.key(0),
+                               srise.SRiseConfig(num_masks=8, batch_size=4))
+    for got, (_, _, saliency) in zip(saved["maps"], viz.triplet_maps(*faces, want).values()):
+        np.testing.assert_allclose(got, saliency, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(saved["similarity"],
+                               [want.mate.similarity, want.nonmate.similarity], rtol=1e-6)
+    settings = json.loads(str(saved["settings"]))
+    assert settings["method"] == "srise@8" and settings["config"]["num_masks"] == 8
+
+
+def test_explain_srise_on_a_pair_gives_the_triplets_mate_maps(tmp_path, faces_32, capsys):
+    # A pair's maps do not change when a nonmate is added: the pair keys are
+    # the triplet's (srise_jax.cli.pipeline).
+    paths, faces = faces_32
+    status = _explain_planted(paths[:2], tmp_path, "--method", "srise@8")
+    assert status == 0, capsys.readouterr().err
+    want = srise.srise_triplet(_PLANTED_EMBED, _PLANTED_PARAMS, *faces, jax.random.key(0),
+                               srise.SRiseConfig(num_masks=8, batch_size=4))
+    np.testing.assert_allclose(_saved(tmp_path)["maps"],
+                               [want.mate.saliency_a, want.mate.saliency_b],
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--method", "gradient", "--normalize", "none"], "--normalize: only with --method srise"),
+    (["--method", "srise@8", "--num-masks", "8"], "give the count once"),
+    (["--method", "gradient", "--num-masks", "8"], "--num-masks: gradient takes no masks"),
+    (["--method", "srise[paper]", "--preset", "paper"], "give the preset once"),
+    (["--method", "srise,gradient"], "expected one method"),
+    (["--method", "gradcam"], "gradcam needs the model's feature maps"),
+    (["--share-probe-masks"], "--share-probe-masks: only with a triplet"),
+])
+def test_explain_refuses_options_that_do_not_fit_the_method(tmp_path, faces_32, capsys,
+                                                            extra, needle):
+    paths, _ = faces_32
+    _assert_one_error_line(_explain_planted(paths[:2], tmp_path, *extra), capsys, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_explain_without_an_output_is_refused(tmp_path, faces_32, capsys):
+    paths, _ = faces_32
+    status = cli.main(["explain", "--model", "planted_cli", "--probe", str(paths[0]),
+                       "--mate", str(paths[1])])
+    _assert_one_error_line(status, capsys, "nothing to write")
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -1,31 +1,26 @@
 """`srise-jax benchmark` and `srise-jax figures` on a planted 32x32 model (fast)."""
 
-import collections
 import csv
 import os
 import socket
 
-import jax
-import jax.numpy as jnp
 import pytest
-from conftest import assert_one_error_line, region_embed
+from conftest import assert_one_error_line
+from planted_face import NAME, planted_model, register_planted
 
-from srise_jax import align, benchmark, cli, metrics, outputs, protocols
+from srise_jax import benchmark, cli, models, outputs, protocols
 
 _METHODS = "srise@4,srise@8,random"
-_OPTIONS = ["--batch-size", "4", "--metric-batch", "8", "--curve-points", "5",
-            "--bootstrap", "200", "--threshold", "0.2"]
+_OPTIONS = ["--model", "planted", "--batch-size", "4", "--metric-batch", "8",
+            "--curve-points", "5", "--bootstrap", "200", "--threshold", "0.2"]
 
 
 @pytest.fixture
-def planted_cli(monkeypatch):
-    """The CLI's model replaced by a planted region model on 32x32 crops."""
-    params = {"const": jnp.full((16,), 0.2, jnp.float32), "offset": jnp.float32(0.5)}
-    model = cli._Model("planted", region_embed((8, 20, 6, 26)), params, 32,
-                       align.ARCFACE_112, 0.2, {"model": "planted"})
-    monkeypatch.setitem(cli._FRAMES, "dlib", (32, align.ARCFACE_112))
-    monkeypatch.setattr(cli, "_load_model", lambda args, name: model)
-    return model
+def planted_cli():
+    """`--model planted`: the planted region model of tests/planted_face.py."""
+    register_planted()
+    yield planted_model()
+    models.unregister_model(NAME)
 
 
 def _read(path):
@@ -38,7 +33,8 @@ def _run(out, *extra, methods=_METHODS):
                      methods, *_OPTIONS, *extra, "--out", str(out)])
 
 
-def test_benchmark_rows_equal_the_library_and_reports_are_written(tmp_path, planted_cli):
+def test_benchmark_rows_equal_the_library_run_and_reports_are_written(tmp_path, planted_cli,
+                                                                      capsys):
     out = tmp_path / "run"
     assert _run(out) == 0
     rows = _read(out / "results.csv")
@@ -48,40 +44,25 @@ def test_benchmark_rows_equal_the_library_and_reports_are_written(tmp_path, plan
         assert (out / name).is_file(), name
     table = (out / "table.md").read_text()
     assert "| srise | 4 |" in table and "| srise | 8 |" in table and "| random | - |" in table
+    printed = capsys.readouterr().out
+    assert printed.startswith("planted, threshold 0.2: 2 triplets x 3 methods; "
+                              "2 triplets to run\n")
+    assert table.split("\n\n", 3)[3] in printed  # Table 1, after title and command
 
-    # Every scored row, recomputed from the library: same map, same fraction
-    # or the same reason why it is undefined.
-    model = planted_cli
-    parts = benchmark.make_explain_fns(model.embed_fn, benchmark.parse_methods(_METHODS),
-                                       batch_size=4)
-    checked = collections.Counter()
-    for index, triplet in enumerate(protocols.sample_protocol()[:2]):
-        faces = [protocols.load_protocol_face(e, size=32) for e in triplet]
-        sims = benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
-        for row in rows:
-            if row["triplet"] != str(index):
-                continue
-            assert row["match"] == str(int(sims[row["pair"]] >= 0.2))
-            assert float(row["similarity"]) == pytest.approx(sims[row["pair"]], abs=1e-5)
-            if row["match"] == "0":
-                assert row["deletion"] == row["insertion"] == ""
-                continue
-            other = faces[1] if row["pair"] == "mate" else faces[2]
-            image, reference = ((faces[0], other) if row["side"] == "probe"
-                                else (other, faces[0]))
-            key = benchmark.job_key(jax.random.key(0), index, row["pair"], row["side"])
-            part = next(p for p in parts if row["method"] in p.labels)
-            saliency = part.fn(model.params, image, reference, key)[row["method"]]
-            want = metrics.deletion(model.embed_fn, model.params, image, reference,
-                                    saliency, 0.2, step=32)
-            assert row["deletion_reason"] == (metrics.undefined_reason(want) or "")
-            if row["deletion_reason"]:
-                assert row["deletion"] == ""
-            else:
-                assert float(row["deletion"]) == pytest.approx(float(want.fraction), abs=1e-6)
-            checked[row["deletion_reason"] or "defined"] += 1
-    # Both kinds of row were recomputed.
-    assert checked["defined"] > 0 and checked["cannot_flip"] > 0, checked
+    # The command runs the library's benchmark (tests/test_benchmark.py checks
+    # its rows against the explainers and metrics): same rows, same table.
+    library = tmp_path / "library"
+    result = benchmark.run_benchmark(planted_cli, protocols.sample_protocol()[:2], _METHODS,
+                                     library, threshold=0.2, batch_size=4, metric_batch=8,
+                                     curve_points=5)
+    assert [{**r, "seconds": ""} for r in rows] == [{**r, "seconds": ""} for r in result.rows]
+    assert (library / "run.json").read_text() == (out / "run.json").read_text()
+    reports = benchmark.write_reports(library, model_label="planted",
+                                      labels=_METHODS.split(","), num_resamples=200)
+    assert (library / "table.md").read_text().split("\n\n", 2)[2] == \
+        table.split("\n\n", 3)[3]
+    assert reports.paths == [library / "table.md", library / "curves.png",
+                             library / "convergence.png"]
 
 
 def test_benchmark_resumes_adds_methods_and_repairs_a_killed_run(tmp_path, planted_cli,
@@ -126,7 +107,7 @@ def test_benchmark_bad_inputs_fail_in_one_line(tmp_path, planted_cli, capsys):
 
 def test_figures_writes_figures_3_to_6(tmp_path, planted_cli):
     out = tmp_path / "figs"
-    assert cli.main(["figures", "--num-masks", "4", "--batch-size", "4",
+    assert cli.main(["figures", "--model", "planted", "--num-masks", "4", "--batch-size", "4",
                      "--convergence", "2,4", "--out", str(out)]) == 0
     for name in ("fig3.png", "fig4.png", "fig5_mask.png", "fig5_sunglasses.png", "fig6.png"):
         assert (out / name).stat().st_size > 10_000, name

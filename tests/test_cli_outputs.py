@@ -1,9 +1,9 @@
 """A command's outputs appear together or not at all, and bad outputs fail before any work.
 
 `srise_jax.outputs` on its own, then the commands that use it (`explain`,
-`demo`), `align`'s bounds and warnings. The CLI tests use a planted 32x32
-model in place of a real one (as tests/test_cli_benchmark.py does), so that
-a run that wrongly goes ahead is still fast.
+`demo`), `align`'s bounds and warnings. The CLI tests use planted 32x32
+models, registered with `srise_jax.models.register_model` and picked with
+`--model`, so that a run that wrongly goes ahead is still fast.
 """
 
 import importlib.resources
@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_one_error_line, region_embed
 from PIL import Image
 
-from srise_jax import align, cli, images, outputs
+from srise_jax import align, cli, images, models, outputs
 from srise_jax.images import synthetic_faces
 
 _TINY = ["--num-masks", "8", "--batch-size", "4", "--metric-step", "256"]
@@ -115,19 +115,41 @@ def test_a_lock_on_a_new_directory_that_fails_removes_it(tmp_path):
 # The commands
 # ----------------------------------------------------------------------------
 
-def _planted(monkeypatch, embed_fn):
-    """The CLI's model replaced by `embed_fn` on 32x32 crops; returns the load calls."""
-    params = {"const": jnp.full((16,), 0.2, jnp.float32), "offset": jnp.float32(0.5)}
-    model = cli._Model("planted", embed_fn, params, 32, align.ARCFACE_112, 0.2,
-                       {"model": "planted"})
-    loads = []
-    monkeypatch.setitem(cli._FRAMES, "dlib", (32, align.ARCFACE_112))
-    monkeypatch.setattr(cli, "_load_model", lambda args, name: loads.append(name) or model)
-    return loads
-
-
 def _nan_embed(params, images):
     return jnp.full((images.shape[0], 8), jnp.nan, jnp.float32)
+
+
+# The models each test loaded, by name: a command that fails before any work
+# loads none.
+_LOADS = []
+
+
+def _planted_loader(name, embed_fn):
+    """A `register_model` loader of `embed_fn` on 32x32 crops, labelled "planted"."""
+    params = {"const": jnp.full((16,), 0.2, jnp.float32), "offset": jnp.float32(0.5)}
+
+    def load(weights, *, dtype):
+        _LOADS.append(name)
+        return models.FaceModel(name, "planted", embed_fn, params, 32, align.ARCFACE_112, 0.2,
+                                (), None, {"model": name})
+    return load
+
+
+@pytest.fixture(scope="module", autouse=True)
+def planted_models():
+    """--model planted (a region read-out) and --model planted_nan, for this module's tests."""
+    planted = {"planted": region_embed((8, 20, 6, 26)), "planted_nan": _nan_embed}
+    for name, embed_fn in planted.items():
+        models.register_model(name, _planted_loader(name, embed_fn))
+    yield
+    for name in planted:
+        models.unregister_model(name)
+
+
+@pytest.fixture
+def loads():
+    _LOADS.clear()
+    return _LOADS
 
 
 @pytest.fixture
@@ -140,57 +162,58 @@ def faces_32(tmp_path_factory):
     return paths
 
 
-def _explain(faces, out, *extra):
+def _explain(faces, out, *extra, model="planted"):
     probe, mate, nonmate = faces
-    return cli.main(["explain", "--probe", probe, "--mate", mate, "--nonmate", nonmate,
-                     "--out", str(out), *extra, *_TINY])
+    return cli.main(["explain", "--model", model, "--probe", probe, "--mate", mate,
+                     "--nonmate", nonmate, "--out", str(out), *extra, *_TINY])
 
 
 def test_explain_checks_every_output_before_any_work_and_writes_nothing(
-        tmp_path, monkeypatch, capsys, faces_32):
+        tmp_path, loads, capsys, faces_32):
     # A name the filesystem refuses passes every check that only looks; it
     # failed after the maps were computed, with the figure already written.
-    loads = _planted(monkeypatch, region_embed((8, 20, 6, 26)))
     scores = tmp_path / ("s" * 300 + ".json")
     status = _explain(faces_32, tmp_path / "fig.png", "--json", str(scores))
     assert_one_error_line(status, capsys, "file name too long")
     assert loads == [] and _listing(tmp_path) == []
 
 
-def test_explain_writes_all_its_outputs_together(tmp_path, monkeypatch, capsys, faces_32):
-    _planted(monkeypatch, region_embed((8, 20, 6, 26)))
+def test_explain_writes_all_its_outputs_together(tmp_path, capsys, faces_32):
     status = _explain(faces_32, tmp_path / "fig.png", "--json", str(tmp_path / "s.json"),
-                      "--curves", str(tmp_path / "c.png"))
+                      "--curves", str(tmp_path / "c.png"), "--save-maps",
+                      str(tmp_path / "m.npz"))
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert _listing(tmp_path) == ["c.png", "fig.png", "s.json"]
+    assert _listing(tmp_path) == ["c.png", "fig.png", "m.npz", "s.json"]
     assert out.splitlines()[-1] == (f"wrote {tmp_path / 'fig.png'}, {tmp_path / 's.json'}, "
-                                    f"{tmp_path / 'c.png'}")
+                                    f"{tmp_path / 'c.png'}, {tmp_path / 'm.npz'}")
 
 
-def test_explain_with_a_nan_model_is_one_error_about_the_model(tmp_path, monkeypatch, capsys,
-                                                               faces_32):
+@pytest.mark.parametrize("method", ["srise", "rise"])
+def test_explain_with_a_nan_model_is_one_error_about_the_model(tmp_path, capsys, faces_32,
+                                                               method):
     # It used to draw the figure, then fail writing the JSON ("Out of range
     # float values are not JSON compliant"), leaving the figure behind.
-    _planted(monkeypatch, _nan_embed)
-    status = _explain(faces_32, tmp_path / "fig.png", "--json", str(tmp_path / "s.json"))
+    status = _explain(faces_32, tmp_path / "fig.png", "--json", str(tmp_path / "s.json"),
+                      "--save-maps", str(tmp_path / "m.npz"), "--method", method,
+                      model="planted_nan")
     assert_one_error_line(status, capsys, "planted: the model returned NaN or infinite "
                                           "embeddings for the probe, mate and nonmate: "
                                           "the weights may be corrupt")
     assert _listing(tmp_path) == []
 
 
-def test_demo_with_a_nan_model_leaves_no_directory(tmp_path, monkeypatch, capsys):
-    _planted(monkeypatch, _nan_embed)
-    status = cli.main(["demo", "--out", str(tmp_path / "demo"), *_TINY])
+def test_demo_with_a_nan_model_leaves_no_directory(tmp_path, capsys):
+    status = cli.main(["demo", "--model", "planted_nan", "--out", str(tmp_path / "demo"),
+                       *_TINY])
     assert_one_error_line(status, capsys, "the model returned NaN or infinite embeddings")
     assert _listing(tmp_path) == []
 
 
-def test_demo_refuses_an_out_that_is_a_file_before_any_work(tmp_path, monkeypatch, capsys):
-    loads = _planted(monkeypatch, _nan_embed)
+def test_demo_refuses_an_out_that_is_a_file_before_any_work(tmp_path, loads, capsys):
     (tmp_path / "demo").write_text("not a directory")
-    status = cli.main(["demo", "--out", str(tmp_path / "demo"), *_TINY])
+    status = cli.main(["demo", "--model", "planted_nan", "--out", str(tmp_path / "demo"),
+                       *_TINY])
     assert_one_error_line(status, capsys, "exists and is not a directory")
     assert loads == []
 

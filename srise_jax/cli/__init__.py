@@ -1,14 +1,18 @@
-"""The `srise-jax` command line (one module per command in this package): explain a face triplet, convert weights, run a demo.
+"""The `srise-jax` command line: one module per command in this package.
 
-    srise-jax explain --weights DIR --probe P --mate M --nonmate N --out fig.png \\
-        [--json scores.json] [--curves curves.png] [--num-masks 500] [--threshold 0.3]
-    srise-jax convert backbone.pth DIR [--arch r50]
+    srise-jax explain --probe P --mate M [--nonmate N] [--method srise|NAME[@N]] \\
+        [--out fig.png] [--json scores.json] [--curves curves.png] [--save-maps maps.npz] \\
+        [--model dlib|arcface --weights DIR] [--align] [--num-masks 500] [--threshold T]
+    srise-jax convert backbone.pth DIR [--arch r50] [--overwrite]
     srise-jax align photo.jpg ... --out DIR [--size 112]
-    srise-jax demo [--out srise-demo]
+    srise-jax demo [--out srise-demo] [--model dlib|arcface --weights DIR]
     srise-jax sanity [--model dlib|arcface --weights DIR] [--method srise] [--out DIR]
     srise-jax benchmark --data sample|DIR [--methods ...] [--ablation] --out DIR
-    srise-jax figures [--out DIR]
+    srise-jax figures [--out DIR] [--model dlib|arcface --weights DIR]
 
+Modules: `common` (errors, argument types, model options, warnings, JSON),
+`pipeline` (S-RISE options, the maps with progress bars, Deletion/Insertion),
+`report` (the JSON report and the stdout summary), then one per command.
 File I/O, printing and progress bars live here; the library functions called
 stay pure. Every failure a user can cause (a missing or corrupt file, a bad
 option) ends in ONE line `srise-jax: error: ...` on stderr and exit status 2.

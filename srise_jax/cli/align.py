@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from srise_jax import align, images, models
+import numpy as np
+from PIL import Image
+
+from srise_jax import align, images, models, outputs
 from srise_jax.cli import common
 
 
@@ -20,10 +23,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos")
     parser.add_argument("--out", required=True, type=Path, help="directory for the crops")
     parser.add_argument("--size", default=models.INPUT_SIZE,
-                           type=common.integer_in(1, images.MAX_CROP_SIZE + 1,
-                                            f"an integer in [1, {images.MAX_CROP_SIZE}]"),
-                           help="side of the square crops in pixels, at most "
-                                f"{images.MAX_CROP_SIZE} (default: %(default)s)")
+                        type=common.integer_in(1, images.MAX_CROP_SIZE + 1,
+                                               f"an integer in [1, {images.MAX_CROP_SIZE}]"),
+                        help="side of the square crops in pixels, at most "
+                             f"{images.MAX_CROP_SIZE} (default: %(default)s)")
     parser.set_defaults(command=run)
 
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             name += "_"
         used.add(name)
         target = args.out / f"{name}.png"
-        common.save_face(target, found.face)
+        _save_face(target, found.face)
         count = len(found.faces.scores)
         doubt = (f", below {align.MIN_CONFIDENT_SCORE:g}: check the crop"
                  if any(issubclass(w.category, align.LowScoreWarning) for w in caught) else "")
@@ -57,3 +60,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     return 0
 
+
+
+def _save_face(path: Path, face: np.ndarray) -> None:
+    """Write a float RGB image in [0, 1] as an 8-bit PNG, atomically."""
+    with outputs.atomic_file(path) as file:
+        Image.fromarray(np.round(face * 255).astype(np.uint8)).save(file, format="PNG")

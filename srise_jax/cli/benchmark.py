@@ -1,4 +1,4 @@
-"""`srise-jax benchmark` and `srise-jax figures`: the paper's section 4 from the command line.
+"""`srise-jax benchmark`: the paper's Table 1 from the command line.
 
     srise-jax benchmark --data sample|DIR [--model dlib|arcface --weights DIR]
         [--methods srise@500,gradient,...] [--num-triplets 50] [--triplet-batch K]
@@ -6,7 +6,6 @@
     srise-jax benchmark --ablation --data DIR --out DIR
     srise-jax benchmark --distributed --coordinator HOST:PORT --num-processes N
         --process-id I --data DIR --out DIR        (one command per process)
-    srise-jax figures [--out DIR]
 
 A benchmark directory holds `run.json` (what was asked), `triplets.csv`,
 `results.csv` (one row per triplet, pair, side and method, appended triplet by
@@ -18,6 +17,11 @@ triplets. A run holds a lock on the directory (`.lock`, naming its pid, host
 and start time): a second run on it fails at once. Lines a rerun leaves out
 of results.csv (a cut block, duplicates) are named on stderr; finished rows
 are kept.
+
+The run itself is the library's (`srise_jax.benchmark`: `Runner` over the
+store of `benchmark.store`, `write_reports`); this command adds the options,
+the lock, the processes of a distributed run, the progress bar and what is
+printed.
 
 Scale. `--triplet-batch K` explains and scores K triplets at once: each job
 (pair, side) of the K triplets runs as one vmapped program whose triplet
@@ -46,51 +50,19 @@ run merges them first.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import csv
-import io
-import json
-import math
 import os
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-import srise_jax
-from srise_jax import (ablation, align, benchmark, images, metrics, models,
-                       outputs, protocols, viz)
+from srise_jax import ablation, benchmark, models, outputs, protocols
 from srise_jax.cli import common
 
-COLUMNS = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
-           "similarity", "match", "deletion", "insertion", "deletion_reason",
-           "insertion_reason", "deletion_auc", "insertion_auc", "seconds",
-           "deletion_curve", "insertion_curve")
-
-
-# What results.csv held before the reason columns: its undefined fractions
-# can read 1.0 (Deletion that never flips), so its rows cannot be resumed.
-_COLUMNS_WITHOUT_REASONS = tuple(c for c in COLUMNS if not c.endswith("_reason"))
-
-
-# Settings that must agree for a rerun to add to a directory's results.
-_RUN_KEYS = ("model", "weights", "data", "num_triplets", "seed", "threshold", "size",
-             "metric_step", "curve_points", "ablation")
-
-
-_SAMPLE = "sample"
-
-
 _DEFAULT_NUM_TRIPLETS = 50
-
 
 # The run directory's lock file (`outputs.lock_directory`): two runs appending
 # to one results.csv would write every row twice.
@@ -130,13 +102,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                             f"(default: all: {', '.join(ablation.GRID)})")
     bench.add_argument("--num-masks", type=common.positive_int, default=200,
                        help="masks per map in the ablation (default: %(default)s)")
-    bench.add_argument("--seed", type=common.seed_value, default=0,
+    bench.add_argument("--seed", type=common.seed, default=0,
                        help="seed of the triplet sampler and the explainers "
                             "(default: %(default)s)")
-    bench.add_argument("--threshold", type=common.threshold_value,
+    bench.add_argument("--threshold", type=common.similarity,
                        help="verification threshold on the cosine similarity (default: "
                             f"the model's: dlib {models.DLIB_THRESHOLD:.4g}, ArcFace "
-                            f"{common.ARCFACE_THRESHOLD:g})")
+                            f"{models.ARCFACE_THRESHOLD:g})")
     bench.add_argument("--batch-size", type=common.positive_int, default=64,
                        help="images per forward pass of the explainers (default: %(default)s)")
     bench.add_argument("--metric-batch", type=common.positive_int, default=32,
@@ -180,7 +152,6 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", required=True, type=Path, help="directory for the results")
     bench.set_defaults(command=run)
 
-
 def _settings_grid(spec: str | None) -> dict:
     """The ablation settings --settings names (all of `ablation.GRID` by default)."""
     if spec is None:
@@ -189,7 +160,7 @@ def _settings_grid(spec: str | None) -> dict:
     unknown = [name for name in names if name not in ablation.GRID]
     if unknown or not names:
         raise common.UsageError(f"--settings: unknown setting(s) {', '.join(unknown) or '(none)'}; "
-                              f"available: {', '.join(ablation.GRID)}")
+                                f"available: {', '.join(ablation.GRID)}")
     return {name: ablation.GRID[name] for name in names}
 
 
@@ -208,8 +179,7 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         settings = _settings_grid(args.settings)
     else:
         methods = benchmark.parse_methods(args.methods)
-    name = common.model_name(args)
-    size, template = common.FRAMES[name]
+    common.model_name(args)  # a wrong --model/--weights fails before anything runs
     triplets = _triplets(args)
     process, processes = _start_processes(args)
     # Before the model loads, so that a second run on this directory fails at
@@ -217,91 +187,46 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     # is the one a single-process run takes.
     held.enter_context(outputs.lock_directory(
         out, name=_LOCK if process == 0 else f"{_LOCK}.{process}"))
-    model = common.load_model(args, name)
-    threshold = model.threshold if args.threshold is None else args.threshold
-    step = args.metric_step or math.isqrt(size * size)
-    run = {"model": model.settings, "weights": str(args.weights) if args.weights else None,
-           "data": args.data, "num_triplets": len(triplets), "seed": args.seed,
-           "threshold": threshold, "size": size, "metric_step": step,
-           "curve_points": args.curve_points,
-           "ablation": {"num_masks": args.num_masks} if args.ablation else None}
-    out.mkdir(parents=True, exist_ok=True)
-    _start_run(out, run, triplets, write=process == 0)
-    results = out / "results.csv"
-    if processes == 1:
-        _merge_parts(out)
-        mine = results
-        done = _finished(results)
-    else:
-        # Read-only views of the merged rows and the other parts (a changed
-        # process count can move a finished triplet to another process).
-        mine = out / f"results.part{process}.csv"
-        done = _finished(mine)
-        for path in [results, *_part_files(out)]:
-            if path != mine:
-                done |= set(_keys(_complete_rows(path).kept))
-
-    score = benchmark.make_score_fn(model.embed_fn, step=step, batch_size=args.metric_batch,
-                                    num_points=args.curve_points)
+    model = common.load_model(args)
     if args.ablation:
-        parts = ablation.make_explain_fns(model.embed_fn, settings,
-                                          num_masks=args.num_masks, batch_size=args.batch_size)
-        labels = tuple(settings)
-        iterations = {label: args.num_masks for label in labels}
-    else:
-        parts = benchmark.make_explain_fns(model.embed_fn, methods,
-                                           feature_fns=model.feature_fns,
-                                           batch_size=args.batch_size)
-        labels = tuple(m.label for m in methods)
-        iterations = {m.label: m.iterations or "" for m in methods}
-    batched = _Batched.make(parts, score, args.triplet_batch)
-
-    root = jax.random.key(args.seed)
-    pending = [(t, [label for label in labels if (t, label) not in done])
-               for t in range(process, len(triplets), processes)]
-    pending = [(t, todo) for t, todo in pending if todo]
+        methods = ablation.prepare_grid(model.embed_fn, settings, num_masks=args.num_masks,
+                                        batch_size=args.batch_size)
+    with common.warning_lines():  # lines of results.csv left out
+        runner = benchmark.Runner(
+            model, triplets, methods, out, data=args.data, threshold=args.threshold,
+            seed=args.seed, batch_size=args.batch_size, metric_batch=args.metric_batch,
+            metric_step=args.metric_step, curve_points=args.curve_points,
+            explain_rejected=args.explain_rejected, save_maps=args.save_maps,
+            triplet_batch=args.triplet_batch, process=process, processes=processes)
+    pending = runner.pending
     where = f" (process {process} of {processes})" if processes > 1 else ""
-    print(f"{model.label}, threshold {threshold:g}: {len(triplets)} triplets x "
-          f"{len(labels)} methods; {len(pending)} triplets to run{where}", flush=True)
-    faces = _FaceCache(args.data, size, template)
-    skipped = 0
-    with tqdm(total=sum(len(todo) for _, todo in pending), desc="benchmark", unit="method",
-              file=sys.stderr, disable=None) as bar:
-        for batch, todo in _batches(pending, args.triplet_batch):
-            loaded = []
-            for t in batch:
-                try:
-                    loaded.append((t, tuple(faces.get(entry) for entry in triplets[t])))
-                except (align.NoFaceError, images.ImageError) as err:
-                    print(f"{common.PROG}: warning: triplet {t} skipped: "
-                          f"{common.first_line(err)}", file=sys.stderr)
-                    skipped += 1
-                    bar.update(len(todo))
-            if not loaded:
-                continue
-            done_batch = _run_batch(model, parts, batched, loaded, triplets, todo,
-                                    iterations=iterations, threshold=threshold, key=root,
-                                    explain_rejected=args.explain_rejected)
-            for (t, triplet_faces), (rows, maps) in zip(loaded, done_batch):
-                _append_rows(mine, rows)
-                if t < args.save_maps:
-                    _save_maps(out / "maps" / f"triplet{t:03d}.npz", triplet_faces, maps)
-                bar.update(len(todo))
+    print(f"{model.label}, threshold {runner.threshold:g}: {len(triplets)} triplets x "
+          f"{len(runner.methods.labels)} methods; {len(pending)} triplets to run{where}",
+          flush=True)
+    # Warnings (triplets skipped) print once the bar is closed.
+    with common.warning_lines(), tqdm(total=sum(len(p.methods) for p in pending),
+                                      desc="benchmark", unit="method", file=sys.stderr,
+                                      disable=None) as bar:
+        skipped = len(runner.run(progress=bar.update).skipped)
     if skipped:
         print(f"{skipped} triplet(s) skipped (no face found); rerun after fixing them "
               "to complete the table", file=sys.stderr)
     if processes > 1:
         multihost_utils.sync_global_devices("srise-jax benchmark: all parts written")
         if process != 0:
-            print(f"wrote {mine}; process 0 merges the parts and writes the reports")
+            print(f"wrote {runner.results}; process 0 merges the parts and writes the reports")
             return 1 if skipped else 0
-        _merge_parts(out)
-    written = _write_reports(out, run, labels, model, args)
-    print(f"wrote {', '.join(str(path) for path in written)}")
+        with common.warning_lines():
+            benchmark.merge_parts(out)
+    reports = benchmark.write_reports(out, model_label=model.label,
+                                      labels=runner.methods.labels,
+                                      command=" ".join([common.PROG, *sys.argv[1:]]),
+                                      num_resamples=args.bootstrap)
+    print(benchmark.format_table(reports.table))
+    print(f"wrote {', '.join(str(path) for path in reports.paths)}")
     return 1 if skipped else 0
 
 
-# The environment variables --distributed reads when a flag is not given.
 _DISTRIBUTED_ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS",
                     "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 
@@ -339,7 +264,7 @@ def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
         raise common.UsageError(f"--coordinator {values['coordinator']}: expected HOST:PORT")
     if values["process_id"] >= values["num_processes"]:
         raise common.UsageError(f"--process-id {values['process_id']} is not below "
-                              f"--num-processes {values['num_processes']}")
+                                f"--num-processes {values['num_processes']}")
     try:
         jax.distributed.initialize(coordinator_address=values["coordinator"],
                                    num_processes=values["num_processes"],
@@ -349,422 +274,15 @@ def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def _batches(pending: Sequence[tuple[int, list[str]]], size: int):
-    """Runs of at most `size` consecutive pending triplets that need the same methods."""
-    batch: list[int] = []
-    todo = None
-    for t, methods in pending:
-        if batch and (methods != todo or len(batch) == size):
-            yield batch, todo
-            batch = []
-        batch.append(t)
-        todo = methods
-    if batch:
-        yield batch, todo
-
 
 def _triplets(args: argparse.Namespace) -> list[protocols.Triplet]:
     """The run's triplets: the bundled protocol or a seeded draw from DIR."""
-    if args.data == _SAMPLE:
+    if args.data == benchmark.SAMPLE:
         triplets = protocols.sample_protocol()
         if args.num_triplets is not None:
             triplets = triplets[:args.num_triplets]
         return triplets
-    root = Path(args.data)
-    if not root.is_dir():
+    if not Path(args.data).is_dir():
         raise common.UsageError(f"--data {args.data}: not a directory (or 'sample')")
-    identities = protocols.read_identity_folders(root)
-    count = args.num_triplets or _DEFAULT_NUM_TRIPLETS
-    return [protocols.Triplet(*(str(Path(p).relative_to(root)) for p in triplet))
-            for triplet in protocols.sample_triplets(identities, count, seed=args.seed)]
-
-
-class _FaceCache:
-    """Aligned crops of the run's images, each detected and aligned once."""
-
-    def __init__(self, data_spec: str, size: int, template: np.ndarray):
-        self.root = None if data_spec == _SAMPLE else Path(data_spec)
-        self.size, self.template = size, template
-        self.faces: dict[str, np.ndarray] = {}
-
-    def get(self, entry: str) -> np.ndarray:
-        if entry not in self.faces:
-            if self.root is None:
-                face = protocols.load_protocol_face(entry, size=self.size,
-                                                    template=self.template)
-            else:
-                face = align.preprocess(self.root / entry, size=self.size,
-                                        template=self.template)
-            self.faces[entry] = face
-        return self.faces[entry]
-
-
-def _start_run(out: Path, run: dict, triplets: list[protocols.Triplet], *,
-               write: bool = True) -> None:
-    """Write run.json and triplets.csv, or check a resumed run asks the same.
-
-    With `write` False (processes other than 0 of a distributed run) only the
-    check is made; process 0 writes the files.
-    """
-    path = out / "run.json"
-    if path.exists():
-        try:
-            before = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a benchmark run file ({err})") from None
-        for key in _RUN_KEYS:
-            if before.get(key) != json.loads(json.dumps(run[key])):
-                raise common.UsageError(
-                    f"{out} holds a run with {key} = {json.dumps(before.get(key))}, "
-                    f"this one asks for {json.dumps(run[key])}: use another --out")
-        return
-    if not write:
-        return
-    listing = io.StringIO()
-    writer = csv.writer(listing, lineterminator="\n")
-    writer.writerow(("triplet", "probe", "mate", "nonmate"))
-    writer.writerows((t, *triplet) for t, triplet in enumerate(triplets))
-    with viz.atomic_file(out / "triplets.csv") as file:
-        file.write(listing.getvalue().encode())
-    common.write_json(path, {**run, "srise_jax_version": srise_jax.__version__})
-
-
-class _Rows(NamedTuple):
-    """A results file's rows that can be kept, and what was left out."""
-
-    kept: list[dict]
-    dropped: list[str]  # one phrase per kind of line left out; empty if none
-
-
-def _complete_rows(results: Path) -> _Rows:
-    """The rows of a results file's complete (triplet, method) blocks, each job once.
-
-    A run killed while appending can leave a triplet's block cut short: a
-    last line without its newline, and methods with fewer rows than jobs;
-    those rows are left out (to be run again). Two runs appending to one
-    file at once (possible before runs locked their directory) wrote every
-    row twice and the header again: each job's first row is kept, so the
-    finished rows survive.
-    """
-    if not results.exists():
-        return _Rows([], [])
-    text = results.read_text()
-    body = text[:text.rfind("\n") + 1]
-    reader = csv.DictReader(io.StringIO(body))
-    if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
-        raise ValueError(_columns_error(results, reader.fieldnames))
-    rows, seen = [], set()
-    headers = duplicates = 0
-    for row in reader:
-        if tuple(row.values()) == COLUMNS:
-            headers += 1
-            continue
-        if None in row or None in row.values() or not row["triplet"].isdigit():
-            raise ValueError(f"{results}: line {reader.line_num} is not a row of "
-                             f"{len(COLUMNS)} columns with a triplet number")
-        job = (row["triplet"], row["pair"], row["side"], row["method"])
-        if job in seen:
-            duplicates += 1
-            continue
-        seen.add(job)
-        rows.append(row)
-    counts = collections.Counter(_keys(rows))
-    jobs = len(benchmark.PAIRS) * len(benchmark.SIDES)
-    kept = [row for row, key in zip(rows, _keys(rows)) if counts[key] == jobs]
-    dropped = []
-    if duplicates:
-        dropped.append(f"{duplicates} duplicate row(s) (copies of kept rows: two runs "
-                       "wrote here at once)")
-    if headers:
-        dropped.append(f"{headers} repeated header line(s)")
-    unfinished = sorted(key for key, count in counts.items() if count != jobs)
-    if unfinished:
-        named = ", ".join(f"triplet {t} {method}" for t, method in unfinished[:3])
-        more = f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else ""
-        dropped.append(f"the {len(rows) - len(kept)} row(s) of {len(unfinished)} "
-                       f"unfinished (triplet, method) block(s) ({named}{more}), to run again")
-    if body != text:
-        dropped.append("a last line cut short")
-    return _Rows(kept, dropped)
-
-
-def _keys(rows: Sequence[dict]) -> list[tuple[int, str]]:
-    """(triplet, method) of each row."""
-    return [(int(row["triplet"]), row["method"]) for row in rows]
-
-
-def _report_dropped(results: Path, found: _Rows) -> None:
-    """Say on stderr, in one line, which lines of a results file were left out."""
-    if found.dropped:
-        print(f"{common.PROG}: warning: {results}: left out {'; '.join(found.dropped)}; "
-              f"kept {len(found.kept)} row(s)", file=sys.stderr)
-
-
-def _finished(results: Path) -> set[tuple[int, str]]:
-    """(triplet, method) pairs with all their rows in a results file.
-
-    The lines `_complete_rows` leaves out are removed (the file is rewritten
-    atomically, and stderr says what went) and the unfinished blocks run
-    again, so no row is ever written twice and no finished row is lost.
-    """
-    found = _complete_rows(results)
-    if found.dropped:
-        _report_dropped(results, found)
-        _write_rows(results, found.kept)
-    return set(_keys(found.kept))
-
-
-def _write_rows(results: Path, rows: Sequence[dict]) -> None:
-    """Replace a results file by these rows, atomically."""
-    block = io.StringIO()
-    writer = csv.DictWriter(block, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with viz.atomic_file(results) as file:
-        file.write(block.getvalue().encode())
-
-
-def _part_files(out: Path) -> list[Path]:
-    """The results.partI.csv of a distributed run, by process index."""
-    parts = [p for p in out.glob("results.part*.csv")
-             if p.name[len("results.part"):-len(".csv")].isdigit()]
-    return sorted(parts, key=lambda p: int(p.name[len("results.part"):-len(".csv")]))
-
-
-def _merge_parts(out: Path) -> None:
-    """Fold the processes' results.partI.csv into results.csv, then remove them.
-
-    Rows are sorted by triplet; a stable sort keeps each triplet's rows in
-    the order they were written, which is a single-process run's order. A
-    (triplet, pair, side, method) row found twice is kept once.
-    """
-    parts = _part_files(out)
-    if not parts:
-        return
-    merged, seen = [], set()
-    for path in [out / "results.csv", *parts]:
-        found = _complete_rows(path)
-        _report_dropped(path, found)
-        for row in found.kept:
-            job = (int(row["triplet"]), row["pair"], row["side"], row["method"])
-            if job not in seen:
-                seen.add(job)
-                merged.append(row)
-    merged.sort(key=lambda row: int(row["triplet"]))
-    _write_rows(out / "results.csv", merged)
-    for path in parts:
-        path.unlink()
-
-
-class _Batched(NamedTuple):
-    """The explain parts and the score as functions of a batch of triplets.
-
-    Every argument but params and the threshold is stacked along a leading
-    triplet axis, and so is every output.
-    """
-
-    explain: tuple[Callable, ...]  # per part: (params, images, references, keys)
-    score: Callable  # (params, images, references, saliency, threshold)
-
-    @classmethod
-    def make(cls, parts, score: Callable, size: int) -> _Batched:
-        """Batches of one: the parts as they are. Larger: vmapped and sharded."""
-        explain_args, score_args = (False, True, True, True), (False, True, True, True, False)
-        if size == 1:
-            return cls(tuple(_one_at_a_time(part.fn, explain_args) for part in parts),
-                       _one_at_a_time(score, score_args))
-        mesh = benchmark.triplet_mesh(jax.local_devices())
-        devices = mesh.shape[benchmark.TRIPLET_AXIS]
-        multiple = -(-size // devices) * devices
-        explain = tuple(benchmark.shard_over_triplets(part.fn, mesh, batched=explain_args,
-                                                      multiple=multiple)
-                        for part in parts)
-        return cls(explain, benchmark.shard_over_triplets(score, mesh, batched=score_args,
-                                                          multiple=multiple))
-
-
-def _one_at_a_time(fn: Callable, batched: Sequence[bool]) -> Callable:
-    """`fn` called as `shard_over_triplets` would call it, on a batch of one.
-
-    The arguments flagged in `batched` are unstacked and the outputs stacked,
-    so a default run computes exactly what it did before batches existed.
-    """
-    def call(*args):
-        out = fn(*(a[0] if b else a for a, b in zip(args, batched)))
-        return jax.tree.map(lambda x: x[None], out)
-    return call
-
-
-def _run_batch(model, parts, batched: _Batched, loaded, triplets, todo: Sequence[str], *,
-               iterations: dict, threshold: float, key: jax.Array,
-               explain_rejected: bool) -> list[tuple[list, dict]]:
-    """Explain and score a batch of triplets for the methods in `todo`.
-
-    A pair the model rejects is not scored (see `srise_jax.benchmark`), so
-    its maps are computed only with `explain_rejected`; its rows are written
-    either way, with the similarity and empty metrics. In a batch, a job
-    runs for all triplets if any needs it, and only the rows and maps a
-    one-triplet run would write are kept.
-
-    Args:
-      loaded: (triplet index, (probe, mate, nonmate) faces) of each triplet.
-
-    Returns:
-      Per triplet: its rows (in a one-triplet run's order) and its maps.
-    """
-    indices = [t for t, _ in loaded]
-    similarity = [benchmark.triplet_similarities(model.embed_fn, model.params, *faces)
-                  for _, faces in loaded]
-    needed = [(part, fn) for part, fn in zip(parts, batched.explain)
-              if set(part.labels) & set(todo)]
-    rows: list[list] = [[] for _ in loaded]
-    maps: list[dict] = [{} for _ in loaded]
-    for pair in benchmark.PAIRS:
-        match = [sims[pair] >= threshold for sims in similarity]
-        explained = [m or explain_rejected for m in match]
-        for side in benchmark.SIDES:
-            # (image, reference) faces and names of each triplet's job.
-            jobs = []
-            for t, (probe, mate, nonmate) in loaded:
-                entries = triplets[t]
-                other = (mate, entries.mate) if pair == "mate" else (nonmate, entries.nonmate)
-                own = (probe, entries.probe)
-                jobs.append((own, other) if side == "probe" else (other, own))
-            images = np.stack([image for (image, _), _ in jobs])
-            references = np.stack([reference for _, (reference, _) in jobs])
-            keys = jnp.stack([benchmark.job_key(key, t, pair, side) for t in indices])
-            results = {}  # label -> (maps, seconds per triplet, scores or None)
-            for part, explain in (needed if any(explained) else ()):
-                start = time.perf_counter()
-                part_maps = jax.block_until_ready(
-                    explain(model.params, images, references, keys))
-                seconds = (time.perf_counter() - start) / len(loaded)
-                for label in part.labels:
-                    if label not in todo:
-                        continue
-                    saliency = part_maps[label]
-                    scored = (batched.score(model.params, images, references, saliency,
-                                            threshold) if any(match) else None)
-                    results[label] = (np.asarray(saliency), seconds,
-                                      None if scored is None else
-                                      jax.tree.map(np.asarray, scored))
-            for i, (t, _) in enumerate(loaded):
-                names = (jobs[i][0][1], jobs[i][1][1])
-                if not explained[i]:
-                    rows[i] += [_row(t, pair, side, names, label, iterations[label],
-                                     similarity[i][pair], False, None, None)
-                                for label in todo]
-                    continue
-                for label, (saliency, seconds, scored) in results.items():
-                    maps[i][f"{label}/{pair}/{side}"] = saliency[i]
-                    mine = ({name: value[i] for name, value in scored.items()}
-                            if match[i] else None)
-                    rows[i].append(_row(t, pair, side, names, label, iterations[label],
-                                        similarity[i][pair], match[i], seconds, mine))
-    return list(zip(rows, maps))
-
-
-def _columns_error(results: Path, columns: Sequence[str]) -> str:
-    """Why a results file with these columns cannot be resumed, in one line."""
-    if tuple(columns) == _COLUMNS_WITHOUT_REASONS:
-        return (f"{results}: written by an older srise-jax, without the deletion_reason "
-                f"and insertion_reason columns (a Deletion that never flips reads 1.0 "
-                f"there, not n/a), so its rows cannot be mixed with new ones: use another "
-                f"--out, or delete {results.name} to compute its rows again")
-    return f"{results}: unexpected columns {list(columns)}; expected {list(COLUMNS)}"
-
-
-def _row(t, pair, side, names, label, iterations, similarity, match, seconds, scored) -> dict:
-    """One results.csv row; `scored` None for a pair the model rejects (not scored)."""
-    row = {"triplet": t, "pair": pair, "side": side, "image": names[0],
-           "reference": names[1], "method": label, "iterations": iterations,
-           "similarity": f"{similarity:.6f}", "match": int(match),
-           "seconds": "" if seconds is None else f"{seconds:.3f}"}
-    for metric in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
-        value = math.nan if scored is None else float(scored[metric])
-        row[metric] = "" if math.isnan(value) else f"{value:.6f}"
-    for metric in ("deletion", "insertion"):
-        row[f"{metric}_reason"] = (benchmark.REJECTED if scored is None
-                                   else metrics.reason_name(scored[f"{metric}_reason"]) or "")
-    for metric in ("deletion_curve", "insertion_curve"):
-        row[metric] = ("" if scored is None else
-                       " ".join(f"{v:.5f}" for v in np.asarray(scored[metric])))
-    return row
-
-
-def _append_rows(results: Path, rows: list[dict]) -> None:
-    """Append one triplet's rows in a single write, then flush them to disk."""
-    block = io.StringIO()
-    writer = csv.DictWriter(block, fieldnames=COLUMNS, lineterminator="\n")
-    if not results.exists() or results.stat().st_size == 0:
-        writer.writeheader()
-    writer.writerows(rows)
-    with open(results, "ab") as file:
-        file.write(block.getvalue().encode())
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _save_maps(path: Path, faces, maps: dict) -> None:
-    """Keep a triplet's faces and maps (merged with the ones of earlier runs)."""
-    path.parent.mkdir(exist_ok=True)
-    merged = {}
-    if path.exists():
-        with np.load(path) as old:
-            merged = {k: old[k] for k in old.files}
-    merged.update({"probe": faces[0], "mate": faces[1], "nonmate": faces[2]})
-    merged.update({k: v.astype(np.float32) for k, v in maps.items()})
-    with viz.atomic_file(path) as file:
-        np.savez_compressed(file, **merged)
-
-
-def _read_rows(results: Path) -> list[dict]:
-    if not results.exists():
-        return []
-    with open(results, newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _write_reports(out: Path, run: dict, labels: Sequence[str], model, args) -> list[Path]:
-    """table.md, curves.png and (with several S-RISE counts) convergence.png."""
-    rows = _read_rows(out / "results.csv")
-    present = {row["method"] for row in rows}
-    order = [label for label in labels if label in present]
-    order += sorted(present - set(order))
-    table = benchmark.summarize(rows, methods=order, num_resamples=args.bootstrap,
-                                seed=args.seed)
-    title = (f"{model.label}, threshold {run['threshold']:g}, data {run['data']}, "
-             f"{run['num_triplets']} triplets")
-    text = (f"# Deletion / Insertion benchmark\n\n{title}.\n\n"
-            f"Command: `{' '.join([common.PROG, *sys.argv[1:]])}`\n\n"
-            + benchmark.format_table(table))
-    written = [out / "table.md", out / "curves.png"]
-    with viz.atomic_file(written[0]) as file:
-        file.write(text.encode())
-    print(benchmark.format_table(table))
-    curves = {}
-    for row in rows:
-        if row["deletion_curve"]:
-            entry = curves.setdefault(row["method"], {"deletion": [], "insertion": []})
-            for mode in ("deletion", "insertion"):
-                entry[mode].append([float(v) for v in row[f"{mode}_curve"].split()])
-    viz.plot_mean_curves({m: curves[m] for m in order if m in curves}, path=written[1],
-                         title=f"Deletion / insertion curves, mean over scored maps: {title}")
-    srise_labels = [label for label in order if label.split("@")[0] == "srise"]
-    examples = sorted((out / "maps").glob("triplet*.npz")) if (out / "maps").is_dir() else []
-    if len(srise_labels) > 1 and examples:
-        figure_rows = {}
-        for path in examples:
-            with np.load(path) as saved:
-                keys = [f"{label}/mate/probe" for label in srise_labels]
-                if all(k in saved.files for k in keys):
-                    counts = {label.split("@")[1] if "@" in label else "500": saved[k]
-                              for label, k in zip(srise_labels, keys)}
-                    figure_rows[f"{path.stem}: probe vs mate"] = (
-                        saved["probe"], {f"N = {n}": m for n, m in counts.items()})
-        if figure_rows:
-            written.append(out / "convergence.png")
-            viz.plot_convergence(figure_rows, path=written[-1],
-                                 title=f"S-RISE after N masks (Fig. 6), {model.label}")
-    return written
-
+    return benchmark.dataset_triplets(args.data, args.num_triplets or _DEFAULT_NUM_TRIPLETS,
+                                      seed=args.seed)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from srise_jax import models
-from weights_conversion.arcface import convert_file
+from srise_jax.models import arcface_torch
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -25,9 +25,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`srise-jax convert`: an arcface_torch state dict to a checkpoint directory."""
-    # weights_conversion.arcface.main prints its errors in its own format;
-    # convert_file does the same work and leaves the exception to `main`.
-    out_dir = convert_file(args.pth, args.out_dir, arch=args.arch, overwrite=args.overwrite)
+    # ConversionError is a ValueError: `main` prints it as one line.
+    out_dir = arcface_torch.convert_file(args.pth, args.out_dir, arch=args.arch,
+                                         overwrite=args.overwrite)
     print(f"wrote {out_dir}")
     return 0
 

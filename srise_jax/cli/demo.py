@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from srise_jax import data, outputs, viz
-from srise_jax.cli import common
+from srise_jax.cli import common, pipeline, report
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("srise-demo"),
                       help="directory for the figures and scores (default: %(default)s)")
     common.add_model_options(demo)
-    common.add_run_options(demo, num_masks=500, batch_size=64)
+    pipeline.add_run_options(demo, batch_size=64)
     demo.set_defaults(command=run)
 
 
@@ -38,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo_into(args: argparse.Namespace, staged: outputs.StagedOutputs) -> list[Path]:
-    """`_demo`'s work, each output written to its staged temporary; their final paths."""
+    """The command's work, each output written to its staged temporary; their final paths."""
     # The directory is made, and a file really created in it, before any work.
     out = staged.directory(args.out)
     scores = out / "scores.json"
     staged.file(scores)
-    model = common.load_model(args, common.model_name(args))
+    model = common.load_model(args)
+    config = pipeline.config_from_args(args)
     threshold = model.threshold if args.threshold is None else args.threshold
-    probe, mate, nonmate = data.sample_triplet(model.size, template=model.template)
+    probe, mate, nonmate = data.sample_triplet(model.image_size, template=model.template)
     # The paper's Fig. 5: the third face is the probe itself with a mask on,
     # which the model may well accept: it is named for what it is.
     occluded = np.asarray(data.occlude(probe, "mask", template=model.template))
@@ -54,21 +56,24 @@ def _demo_into(args: argparse.Namespace, staged: outputs.StagedOutputs) -> list[
         "occlusion": ((probe, mate, occluded), ("probe", "mate", "probe with a surgical mask"),
                       "self-occlusion triplet: obama, obama2, obama with a surgical mask"),
     }
-    report = {"model": model.label, "threshold": threshold}
+    document = {"model": model.label, "threshold": threshold}
     written = [out / f"{name}.png" for name in triplets] + [scores]
     for path in written:
         staged.file(path)
     for name, (faces, roles, photos) in triplets.items():
         print(f"{name}: {photos}", flush=True)
-        run = common.compute_triplet(args, model, faces, threshold=threshold, with_metrics=True)
-        figure = staged.file(out / f"{name}.png")
-        viz.plot_triplet(*faces, run.triplet, path=figure, scores=run.results,
-                         threshold=threshold, roles=roles, normalize=run.config.normalize,
-                         title=f"S-RISE, {model.label}, N = {args.num_masks}: {photos}")
-        report[name] = common.triplet_report(run, threshold=threshold)
-        common.print_summary(run, threshold=threshold, roles=roles)
-    report["settings"] = common.run_settings(args, model, run, threshold,
-                                   {"photos": "srise_jax.data.sample_triplet(): obama, obama2, biden"})
-    common.write_json(staged.file(scores), report)
+        explanation = pipeline.compute_triplet(
+            model, faces, config=config, key=jax.random.key(args.seed), threshold=threshold,
+            with_metrics=True, metric_step=args.metric_step)
+        viz.plot_triplet(*faces, explanation.triplet, path=staged.file(out / f"{name}.png"),
+                         scores=explanation.results, threshold=threshold, roles=roles,
+                         normalize=config.normalize,
+                         title=f"S-RISE, {model.label}, N = {config.num_masks}: {photos}")
+        document[name] = report.scores(explanation, threshold=threshold)
+        report.print_summary(explanation, threshold=threshold, roles=roles)
+    document["settings"] = report.settings(
+        model, seed=args.seed, threshold=threshold, metric_step=explanation.metric_step,
+        inputs={"photos": "srise_jax.data.sample_triplet(): obama, obama2, biden"},
+        method={"config": report.config_settings(config)})
+    common.write_json(staged.file(scores), document)
     return written
-

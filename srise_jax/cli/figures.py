@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from srise_jax import benchmark, data, protocols, srise, ablation, viz
-from srise_jax.cli import common
+from srise_jax import benchmark, data, presets, protocols, viz
+from srise_jax.cli import common, pipeline
+from srise_jax.config import NORMALIZE
 from srise_jax.explainers import perturbation
 
 
@@ -26,15 +28,15 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                          help="masks per pair for figs 3-5 (default: %(default)s)")
     figures.add_argument("--batch-size", type=common.positive_int, default=64,
                          help="images per forward pass (default: %(default)s)")
-    figures.add_argument("--seed", type=common.seed_value, default=0,
+    figures.add_argument("--seed", type=common.seed, default=0,
                          help="random seed (default: %(default)s)")
-    figures.add_argument("--normalize", choices=srise.NORMALIZE, default="coverage",
+    figures.add_argument("--normalize", choices=NORMALIZE, default="coverage",
                          help="figs 3-5: 'coverage' (the library's default estimator) or "
                               "'none' (the paper's plain sum) (default: %(default)s)")
-    figures.add_argument("--preset", choices=tuple(ablation.PRESETS),
+    figures.add_argument("--preset", choices=tuple(presets.PRESETS),
                          help="figs 3-5: S-RISE settings by name ('paper': the paper as "
                               "written); overrides --normalize")
-    figures.add_argument("--convergence", type=common.counts,
+    figures.add_argument("--convergence", type=_counts,
                          default=benchmark.PAPER_ITERATIONS,
                          help="mask counts of fig6, comma-separated (default: "
                               "10,100,500,1000)")
@@ -47,29 +49,43 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 _OCCLUDERS = {"mask": "a surgical mask", "sunglasses": "sunglasses"}
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """An argparse type: increasing positive integers "10,100,500"."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
+        raise argparse.ArgumentTypeError(
+            f"must be increasing positive integers separated by commas, got {text!r}")
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
+    """`srise-jax figures`: the paper's Figures 3-6 on the sample photos."""
     out = args.out
     if out.exists() and not out.is_dir():
         raise common.UsageError(f"{out}: exists and is not a directory")
-    name = common.model_name(args)
-    model = common.load_model(args, name)
-    threshold = model.threshold
-    face = lambda entry: protocols.load_protocol_face(entry, size=model.size,
-                                                      template=model.template)
-    run_args = argparse.Namespace(num_masks=args.num_masks, batch_size=args.batch_size,
-                                  normalize=args.normalize, preset=args.preset,
-                                  share_probe_masks=False,
-                                  metric_step=None, seed=args.seed)
+    model = common.load_model(args)
+    config = pipeline.make_config(preset=args.preset, normalize=args.normalize,
+                                  num_masks=args.num_masks, batch_size=args.batch_size,
+                                  compute_dtype=common.compute_dtype(args))
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
+    def face(entry: str) -> np.ndarray:
+        return protocols.load_protocol_face(entry, size=model.image_size,
+                                            template=model.template)
+
     def triplet_figure(path: Path, entries: Sequence[str], title: str,
                        roles: Sequence[str] = viz.ROLES) -> None:
-        faces = tuple(face(e) for e in entries)
-        run = common.compute_triplet(run_args, model, faces, threshold=threshold, with_metrics=True)
-        viz.plot_triplet(*faces, run.triplet, path=path, scores=run.results,
-                         threshold=threshold, roles=roles, normalize=run.config.normalize,
-                         title=f"{title} ({model.label}, N = {args.num_masks})")
+        faces = tuple(face(entry) for entry in entries)
+        explanation = pipeline.compute_triplet(
+            model, faces, config=config, key=jax.random.key(args.seed),
+            threshold=model.threshold, with_metrics=True)
+        viz.plot_triplet(*faces, explanation.triplet, path=path, scores=explanation.results,
+                         threshold=model.threshold, roles=roles, normalize=config.normalize,
+                         title=f"{title} ({model.label}, N = {config.num_masks})")
         written.append(path)
 
     print("fig3: verification triplet", flush=True)
@@ -108,4 +124,3 @@ def run(args: argparse.Namespace) -> int:
                          title=f"Fig. 6: S-RISE after N masks ({model.label})")
     print(f"wrote {', '.join(str(path) for path in written)}")
     return 0
-

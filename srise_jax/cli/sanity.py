@@ -7,11 +7,9 @@ import functools
 from pathlib import Path
 
 import jax
-import numpy as np
-from matplotlib.figure import Figure
 
 from srise_jax import data, outputs, sanity, viz
-from srise_jax.cli import common
+from srise_jax.cli import common, pipeline
 from srise_jax.explainers import get_explainer, list_explainers
 
 
@@ -26,15 +24,15 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                     "OUT/sanity.csv (step, group, spearman, ssim).")
     common.add_model_options(parser)
     parser.add_argument("--method", choices=list_explainers("perturbation"),
-                            default="srise", help="explainer (default: %(default)s)")
+                        default="srise", help="explainer (default: %(default)s)")
     parser.add_argument("--num-masks", type=common.positive_int, default=200,
-                            help="masks per map (default: %(default)s)")
+                        help="masks per map (default: %(default)s)")
     parser.add_argument("--batch-size", type=common.positive_int, default=64,
-                            help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--seed", type=common.seed_value, default=0,
-                            help="random seed (default: %(default)s)")
+                        help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--seed", type=common.seed, default=0,
+                        help="random seed (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("srise-sanity"),
-                            help="directory for the figure and table (default: %(default)s)")
+                        help="directory for the figure and table (default: %(default)s)")
     parser.set_defaults(command=run)
 
 
@@ -50,48 +48,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sanity_into(args: argparse.Namespace, *, figure: Path, table: Path) -> None:
-    """`_sanity`'s work, writing the figure and the table to these (temporary) paths."""
-    name = common.model_name(args)
-    size, template = common.FRAMES[name]
-    probe, mate = (data.aligned_sample(face, size=size, template=template)
+    """The command's work, writing the figure and the table to these (temporary) paths."""
+    model = common.load_model(args)
+    probe, mate = (data.aligned_sample(face, size=model.image_size, template=model.template)
                    for face in ("obama", "obama2"))
-    model = common.load_model(args, name)
-    common.check_embeddings(model, {"probe": probe, "mate": mate})
+    pipeline.check_embeddings(model, {"probe": probe, "mate": mate})
     explainer = functools.partial(get_explainer(args.method), num_masks=args.num_masks,
                                   batch_size=args.batch_size)
+    # A model that declares no groups gets sanity's default: one per top-level submodule.
+    groups = model.layer_groups or None
     print(f"{args.method} on {model.label}: randomizing "
-          f"{', '.join(sanity.layer_groups(model.params))}", flush=True)
+          f"{', '.join(sanity.layer_groups(model.params, groups=groups))}", flush=True)
     result = sanity.cascading_randomization(explainer, model.embed_fn, model.params,
-                                            probe, mate, jax.random.key(args.seed))
-    _plot_sanity(probe, result, path=figure,
-                 title=f"{args.method}, {model.label}, N = {args.num_masks}: "
-                       "cascading randomization")
+                                            probe, mate, jax.random.key(args.seed),
+                                            groups=groups)
+    viz.plot_sanity(probe, result, path=figure,
+                    title=f"{args.method}, {model.label}, N = {args.num_masks}: "
+                          "cascading randomization")
     rows = ["step,group,spearman,ssim"] + [
         f"{step},{group},{float(rho):.6f},{float(value):.6f}"
         for step, (group, rho, value) in enumerate(
             zip(result.steps, result.spearman, result.ssim), start=1)]
-    with viz.atomic_file(table) as file:
+    with outputs.atomic_file(table) as file:
         file.write(("\n".join(rows) + "\n").encode())
     print(f"  {'step':>4} {'group':<10} {'spearman':>9} {'ssim':>7}")
     for row in rows[1:]:
         step, group, rho, value = row.split(",")
         print(f"  {step:>4} {group:<10} {float(rho):>9.4f} {float(value):>7.4f}")
-
-
-def _plot_sanity(face, result: sanity.SanityResult, *, path: Path, title: str) -> None:
-    """The face, the original map, then each step's map titled with its Spearman."""
-    count = len(result.maps) + 1
-    figure = Figure(figsize=(1.6 * count, 2.2), dpi=100, layout="constrained")
-    axes = figure.subplots(1, count, squeeze=False)[0]
-    titles = ["face", "original"] + [f"{group}\n\u03c1 = {float(rho):.2f}"
-                                     for group, rho in zip(result.steps, result.spearman)]
-    axes[0].imshow(np.clip(np.asarray(face), 0.0, 1.0))
-    for panel, saliency in zip(axes[1:], np.asarray(result.maps)):
-        panel.imshow(saliency, cmap="jet")
-    for panel, text in zip(axes, titles):
-        panel.set_title(text, fontsize=8)
-        panel.set_xticks([])
-        panel.set_yticks([])
-    figure.suptitle(title, fontsize=9)
-    viz.save_png(figure, path)
-
