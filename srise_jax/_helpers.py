@@ -102,3 +102,13 @@ def check_same_shape(**images) -> None:
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
         raise ValueError(f"images must have one shape, got {listed}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name if it has none.
+
+    Library messages can run over several lines; a command-line error, a
+    warning about a skipped input or a wrapped error quotes only the first.
+    """
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -150,7 +150,7 @@ _REGIONS = {"mask": _mask_region, "sunglasses": _sunglasses_region}
 
 
 def occlusion_region(kind: str, *, height: int = 112, width: int = 112,
-                     template=None) -> jax.Array:
+                     template: np.ndarray | None = None) -> jax.Array:
     """Where `occlude` paints an occluder on an aligned crop of this size.
 
     Args:
@@ -185,7 +185,8 @@ def occlusion_region(kind: str, *, height: int = 112, width: int = 112,
     return _REGIONS[kind](x, y)
 
 
-def occlude(aligned_face: jax.Array, kind: str, *, template=None) -> jax.Array:
+def occlude(aligned_face: jax.Array, kind: str, *,
+            template: np.ndarray | None = None) -> jax.Array:
     """Paint a surgical mask or sunglasses on an aligned face crop.
 
     The occluder is placed from the alignment template (`occlusion_region`),

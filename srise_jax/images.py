@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from srise_jax._helpers import first_line
+
 # 16-bit (and 32-bit integer) greyscale modes; PIL's convert("RGB") clips
 # them at 255 instead of scaling, which turns most of a 16-bit image white.
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -140,7 +142,7 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     # PIL raises OSError (UnidentifiedImageError, truncated data),
     # SyntaxError or ValueError (malformed headers), DecompressionBombError...
     except Exception as err:  # noqa: BLE001
-        raise ImageError(f"{path}: not a readable image ({_first_line(err)})") from None
+        raise ImageError(f"{path}: not a readable image ({first_line(err)})") from None
     return np.clip(rgb, 0.0, 1.0, out=rgb)
 
 
@@ -169,11 +171,6 @@ def _resize(rgb: np.ndarray, size: int) -> np.ndarray:
         for c in range(3)
     ]
     return np.stack(channels, axis=-1).astype(np.float32)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def synthetic_faces(seed: int = 0, *, size: int = 112

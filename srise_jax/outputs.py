@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import secrets
 import socket
@@ -109,6 +110,24 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def write_json(path: str | os.PathLike, document: dict) -> None:
+    """Write `document` as indented JSON, atomically (`atomic_file`).
+
+    NaN and infinities are refused (JSON has none): write null, with a reason.
+
+    Args:
+      path: the file to write.
+      document: a JSON-able dict.
+
+    Raises:
+      ValueError: the document holds NaN or an infinity.
+      OSError: the file cannot be written (nothing partial is left).
+    """
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    with atomic_file(path) as file:
+        file.write(text.encode())
 
 
 def _umask() -> int:

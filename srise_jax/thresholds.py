@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 class Roc(NamedTuple):
@@ -32,7 +33,7 @@ class Roc(NamedTuple):
     frr: np.ndarray
 
 
-def roc_curve(genuine, impostor) -> Roc:
+def roc_curve(genuine: ArrayLike, impostor: ArrayLike) -> Roc:
     """FAR and FRR at every distinct score of either set.
 
     Between two consecutive thresholds FAR and FRR are constant (equal to
@@ -54,7 +55,7 @@ def roc_curve(genuine, impostor) -> Roc:
                false_rejects / genuine.size)
 
 
-def equal_error_rate(genuine, impostor) -> tuple[float, float]:
+def equal_error_rate(genuine: ArrayLike, impostor: ArrayLike) -> tuple[float, float]:
     """The error rate and threshold where FAR and FRR cross.
 
     The ROC points (FAR, FRR) at consecutive thresholds are joined by straight
@@ -93,7 +94,7 @@ def equal_error_rate(genuine, impostor) -> tuple[float, float]:
     return float(eer), float(threshold)
 
 
-def calibrate_threshold(genuine, impostor, *, far: float | None = None) -> float:
+def calibrate_threshold(genuine: ArrayLike, impostor: ArrayLike, *, far: float | None = None) -> float:
     """A decision threshold: at the EER, or at a target false accept rate.
 
     Args:
@@ -122,7 +123,7 @@ def calibrate_threshold(genuine, impostor, *, far: float | None = None) -> float
     return float(roc.thresholds[reached[0]])
 
 
-def verification_accuracy(genuine, impostor, threshold: float) -> float:
+def verification_accuracy(genuine: ArrayLike, impostor: ArrayLike, threshold: float) -> float:
     """Balanced accuracy at a threshold: the mean of the two correct rates.
 
     Args:

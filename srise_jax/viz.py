@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from matplotlib import cm, colors, ticker
 from matplotlib.figure import Figure
 
@@ -39,11 +40,14 @@ _OVERLAY_ALPHA = 0.5
 _PANEL_INCHES = 2.3
 # Text under a map: characters per line at fontsize "small", and line height.
 _NOTE_CHARS = 40
+# Characters of a small-font caption per inch of figure width.
+_CAPTION_CHARS_PER_INCH = 11
 _NOTE_LINE_INCHES = 0.15
 _DPI = 100
 
 
-def triplet_maps(probe, mate, nonmate, triplet: srise.TripletSaliency) -> dict:
+def triplet_maps(probe: ArrayLike, mate: ArrayLike, nonmate: ArrayLike,
+                 triplet: srise.TripletSaliency) -> dict:
     """The four maps of a triplet with the images they belong to.
 
     Args:
@@ -63,9 +67,9 @@ def triplet_maps(probe, mate, nonmate, triplet: srise.TripletSaliency) -> dict:
 
 
 def plot_triplet(
-    probe,
-    mate,
-    nonmate,
+    probe: ArrayLike,
+    mate: ArrayLike,
+    nonmate: ArrayLike,
     triplet: srise.TripletSaliency,
     *,
     path: str | Path | None = None,
@@ -550,9 +554,11 @@ def plot_maps(
         for axes in column:
             axes.set_xticks([])
             axes.set_yticks([])
-    figure.supxlabel(f"each map scaled to its own range ({_CMAP} colours: blue least, "
-                     f"red most salient); the {role_of['probe']} is compared with each "
-                     "other face", fontsize="small")
+    # Wrapped to the figure's width: two panels are narrower than the sentence.
+    figure.supxlabel(textwrap.fill(
+        f"each map scaled to its own range ({_CMAP} colours: blue least, red most "
+        f"salient); the {role_of['probe']} is compared with each other face",
+        int(len(maps) * _PANEL_INCHES * _CAPTION_CHARS_PER_INCH)), fontsize="small")
     if title is not None:
         figure.suptitle(title)
     if path is not None:

@@ -65,6 +65,20 @@ def test_every_public_function_documents_its_args_and_returns():
     assert not missing_returns, f"no Returns: or Yields: section: {missing_returns}"
 
 
+def test_every_public_function_is_annotated():
+    # py.typed promises type checkers an annotated API: every parameter and
+    # the return of each public library function (the CLI excepted).
+    unannotated = []
+    for name, value in _public_definitions():
+        if not inspect.isfunction(value):
+            continue
+        signature = inspect.signature(value)
+        if (any(p.annotation is inspect.Parameter.empty for p in signature.parameters.values())
+                or signature.return_annotation is inspect.Signature.empty):
+            unannotated.append(name)
+    assert not unannotated, f"not fully annotated: {unannotated}"
+
+
 def test_every_registered_explainer_is_documented():
     names = explainers.list_explainers()
     assert {"srise", "rise", "gradient", "random", "centre_prior"} <= set(names)

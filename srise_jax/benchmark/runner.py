@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from srise_jax import align, images, protocols
+from srise_jax._helpers import first_line
 from srise_jax.benchmark import store
 from srise_jax.benchmark.methods import (
     PAIRS,
@@ -226,7 +227,7 @@ class Runner:
                 try:
                     faces = tuple(self._faces.get(entry) for entry in names)
                 except (align.NoFaceError, images.ImageError) as err:
-                    warnings.warn(f"triplet {t} skipped: {_first_line(err)}", stacklevel=2)
+                    warnings.warn(f"triplet {t} skipped: {first_line(err)}", stacklevel=2)
                     skipped.append(t)
                     if progress is not None:
                         progress(len(todo))
@@ -479,9 +480,3 @@ class _Faces:
                                         template=self.template)
             self.faces[entry] = face
         return self.faces[entry]
-
-
-def _first_line(err: BaseException) -> str:
-    """The first line of an exception's message (a warning is one line)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

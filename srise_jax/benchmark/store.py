@@ -128,9 +128,7 @@ def start_run(out: Path, run: Mapping[str, Any], triplets: Sequence[protocols.Tr
     writer.writerows((t, *triplet) for t, triplet in enumerate(triplets))
     with outputs.atomic_file(out / "triplets.csv") as file:
         file.write(listing.getvalue().encode())
-    document = {**run, "srise_jax_version": srise_jax.__version__}
-    with outputs.atomic_file(path) as file:
-        file.write((json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
+    outputs.write_json(path, {**run, "srise_jax_version": srise_jax.__version__})
 
 
 class CompleteRows(NamedTuple):

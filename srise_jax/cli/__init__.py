@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 import srise_jax
+from srise_jax._helpers import first_line
 from srise_jax.cli import align, benchmark, common, convert, demo, explain, figures, sanity
 from srise_jax.cli.common import PROG
 
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ValueError covers ImageError and ConversionError; OSError covers missing
     # checkpoints and unwritable outputs.
     except (common.UsageError, ValueError, OSError) as err:
-        print(f"{PROG}: error: {common.first_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         return common.EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from srise_jax import align, images, models, outputs
+from srise_jax._helpers import first_line
 from srise_jax.cli import common
 
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             with common.warning_lines() as caught:
                 found = align.detect_and_align(path, size=args.size)
         except ValueError as err:  # ImageError, NoFaceError
-            print(f"{path}: FAILED: {common.first_line(err)}")
+            print(f"{path}: FAILED: {first_line(err)}")
             failed += 1
             continue
         name = path.stem

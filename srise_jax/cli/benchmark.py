@@ -60,6 +60,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from srise_jax import ablation, benchmark, models, outputs, protocols
+from srise_jax._helpers import first_line
 from srise_jax.cli import common
 
 _DEFAULT_NUM_TRIPLETS = 50
@@ -270,7 +271,7 @@ def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
                                    num_processes=values["num_processes"],
                                    process_id=values["process_id"])
     except RuntimeError as err:
-        raise common.UsageError(f"--distributed: {common.first_line(err)}") from None
+        raise common.UsageError(f"--distributed: {first_line(err)}") from None
     return jax.process_index(), jax.process_count()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import warnings
@@ -14,7 +13,7 @@ from typing import Any, NoReturn
 
 import jax.numpy as jnp
 
-from srise_jax import models, outputs
+from srise_jax import models
 
 PROG = "srise-jax"
 EXIT_USAGE = 2
@@ -37,12 +36,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (library messages can run longer)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -139,13 +132,3 @@ def load_model(args: argparse.Namespace) -> models.FaceModel:
 def compute_dtype(args: argparse.Namespace) -> Any:
     """`SRiseConfig.compute_dtype` for --compute-dtype: None for float32 (the default)."""
     return None if args.compute_dtype == "float32" else DTYPES[args.compute_dtype]
-
-
-# ----------------------------------------------------------------------------
-# Output
-# ----------------------------------------------------------------------------
-
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write `document` as JSON, atomically; NaN is refused (JSON has none: write null)."""
-    with outputs.atomic_file(path) as file:
-        file.write((json.dumps(document, indent=2, allow_nan=False) + "\n").encode())

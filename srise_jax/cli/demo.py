@@ -75,5 +75,5 @@ def _demo_into(args: argparse.Namespace, staged: outputs.StagedOutputs) -> list[
         model, seed=args.seed, threshold=threshold, metric_step=explanation.metric_step,
         inputs={"photos": "srise_jax.data.sample_triplet(): obama, obama2, biden"},
         method={"config": report.config_settings(config)})
-    common.write_json(staged.file(scores), document)
+    outputs.write_json(staged.file(scores), document)
     return written

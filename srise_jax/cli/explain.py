@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from srise_jax import align, benchmark, explainers, images, models, outputs, viz
+from srise_jax._helpers import first_line
 from srise_jax.cli import common, pipeline, report
 from srise_jax.config import SRiseConfig
 
@@ -80,7 +81,7 @@ def _method(text: str) -> benchmark.Method:
     try:
         methods = benchmark.parse_methods(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(common.first_line(err)) from None
+        raise argparse.ArgumentTypeError(first_line(err)) from None
     if len(methods) != 1:
         raise argparse.ArgumentTypeError(f"expected one method, got {text!r}")
     return methods[0]
@@ -175,7 +176,7 @@ def _explain_into(args: argparse.Namespace, method: benchmark.Method,
                         threshold=threshold, path=staged.file(args.curves),
                         title=f"Deletion/Insertion of {method.label}, threshold {threshold:g}")
     if args.json is not None:
-        common.write_json(staged.file(args.json),
+        outputs.write_json(staged.file(args.json),
                           {**report.scores(explanation, threshold=threshold),
                            "settings": settings})
     if args.save_maps is not None:
