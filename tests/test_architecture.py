@@ -68,9 +68,8 @@ RANKS: dict[str, int] = {
     "srise_jax.protocols": 5,
     "srise_jax.ablation": 5,
     "srise_jax.viz": 5,
-    # command line (cli_benchmark: the module the cli package replaces, or its shim)
+    # command line
     "srise_jax.cli.*": 6,
-    "srise_jax.cli_benchmark": 6,
     # converters: on top of the library, never imported by it
     "weights_conversion.*": 7,
 }

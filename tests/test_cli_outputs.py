@@ -254,3 +254,24 @@ def test_align_reports_a_low_detection_score_in_its_line_and_as_a_warning(tmp_pa
     (warning,) = err.splitlines()
     assert warning.startswith(f"srise-jax: warning: {path}: the aligned face's detection "
                               "score is 0.78, below 0.9")
+
+
+def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "out.png"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_file(path) as file:
+            file.write(b"partial")
+            raise RuntimeError("crash mid-write")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_atomic_file_has_ordinary_permissions(tmp_path):
+    path = tmp_path / "out.bin"
+    with outputs.atomic_file(path) as file:
+        file.write(b"new")
+    assert path.read_bytes() == b"new"
+    ordinary = tmp_path / "ordinary.bin"
+    ordinary.write_bytes(b"")
+    assert path.stat().st_mode == ordinary.stat().st_mode

@@ -242,24 +242,3 @@ def test_curves_skip_unevaluated_points_and_mark_the_flip(tmp_path, planted_regi
     np.testing.assert_allclose(marked[0], [result.fraction], rtol=1e-6)
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 0.96
                for line in axes.get_lines())
-
-
-def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "out.png"
-    path.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with viz.atomic_file(path) as file:
-            file.write(b"partial")
-            raise RuntimeError("crash mid-write")
-    assert path.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
-
-
-def test_atomic_file_has_ordinary_permissions(tmp_path):
-    path = tmp_path / "out.bin"
-    with viz.atomic_file(path) as file:
-        file.write(b"new")
-    assert path.read_bytes() == b"new"
-    ordinary = tmp_path / "ordinary.bin"
-    ordinary.write_bytes(b"")
-    assert path.stat().st_mode == ordinary.stat().st_mode

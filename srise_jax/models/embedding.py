@@ -22,6 +22,16 @@ class FeatureFns(NamedTuple):
     head_fn: Callable[[Any, jax.Array], jax.Array]
 
 
+def _standard_promotion() -> Any:
+    """JAX's standard dtype promotion while a model is traced.
+
+    Flax's BatchNorm mixes a bfloat16 input with its float32 statistics,
+    which a caller's `jax_numpy_dtype_promotion="strict"` refuses; the
+    models' own code casts explicitly, so only Flax's mixing is let through.
+    """
+    return jax.numpy_dtype_promotion("standard")
+
+
 def module_embed_fn(model: nn.Module, *, input_size: int, label: str, name: str,
                     doc: str) -> EmbedFn:
     """`embed_fn(params, images) = model.apply(params, images)`, with a shape check.
@@ -46,7 +56,8 @@ def module_embed_fn(model: nn.Module, *, input_size: int, label: str, name: str,
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"{label} expects images of shape [B, {input_size}, {input_size}, 3], "
                              f"got {tuple(images.shape)}")
-        return model.apply(params, images)
+        with _standard_promotion():
+            return model.apply(params, images)
 
     embed_fn.__name__ = embed_fn.__qualname__ = name
     embed_fn.__doc__ = doc
@@ -74,9 +85,11 @@ def module_feature_fns(model: nn.Module, *, input_size: int, label: str) -> Feat
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"{label} expects images of shape [B, {input_size}, {input_size}, 3], "
                              f"got {tuple(images.shape)}")
-        return model.apply(params, images, method=type(model).features)
+        with _standard_promotion():
+            return model.apply(params, images, method=type(model).features)
 
     def head_fn(params: Any, features: jax.Array) -> jax.Array:
-        return model.apply(params, features, method=type(model).head)
+        with _standard_promotion():
+            return model.apply(params, features, method=type(model).head)
 
     return FeatureFns(features_fn, head_fn)
