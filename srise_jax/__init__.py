@@ -15,8 +15,9 @@ checks it):
   `srise_jax.align`, the sample photos in `srise_jax.data`;
 - kernel: the masks in `srise_jax.masks`, S-RISE's options (`SRiseConfig`)
   in `srise_jax.config`, S-RISE and its public engine in `srise_jax.srise`,
-  Deletion/Insertion in `srise_jax.metrics`, named S-RISE settings in
-  `srise_jax.presets`, rank statistics in `srise_jax.stats`;
+  Deletion/Insertion in `srise_jax.metrics`, the fills of removed pixels
+  they share with S-RISE (blur, ROAD's imputation) in `srise_jax.fills`,
+  named S-RISE settings in `srise_jax.presets`, rank statistics in `srise_jax.stats`;
 - explainers: every saliency method by name (S-RISE, RISE, CorrRISE,
   gradients, Grad-CAM, extremal, references) in `srise_jax.explainers`;
 - evaluation: the faithfulness benchmark (the paper's Table 1: methods,
@@ -51,10 +52,12 @@ _LAZY = {
     **{name: ("srise_jax.images", name) for name in (
         "MAX_CROP_SIZE", "MAX_PIXELS", "ImageError", "load_face", "load_image",
         "synthetic_faces")},
+    **{name: ("srise_jax.fills", name) for name in (
+        "gaussian_blur", "linear_impute", "noisy_linear_impute")},
     **{name: ("srise_jax.masks", name) for name in (
         "gaussian_mask", "gaussian_masks", "rise_mask", "rise_masks")},
     **{name: ("srise_jax.metrics", name) for name in (
-        "Curve", "MetricResult", "REASON_TEXT", "UNDEFINED_REASONS", "deletion",
+        "Curve", "METRIC_FILLS", "MetricResult", "REASON_TEXT", "UNDEFINED_REASONS", "deletion",
         "deletion_insertion", "insertion", "similarity_curve", "undefined_reason")},
     **{name: ("srise_jax.models", name) for name in (
         "ARCFACE_THRESHOLD", "ARCH_BLOCKS", "DLIB_THRESHOLD", "FaceModel", "dlib_embed_fn",
@@ -130,6 +133,7 @@ __all__ = [
     "Faces",
     "FaceModel",
     "finalize_triplet",
+    "gaussian_blur",
     "gaussian_mask",
     "gaussian_masks",
     "get_explainer",
@@ -139,6 +143,7 @@ __all__ = [
     "iresnet_feature_fns",
     "iresnet_init",
     "layer_groups",
+    "linear_impute",
     "list_explainers",
     "load_arcface",
     "load_dlib",
@@ -146,11 +151,13 @@ __all__ = [
     "load_image",
     "load_model",
     "load_protocol_face",
+    "METRIC_FILLS",
     "MetricResult",
     "MIN_CONFIDENT_SCORE",
     "LowScoreWarning",
     "MAX_CROP_SIZE",
     "MAX_PIXELS",
+    "noisy_linear_impute",
     "REASON_TEXT",
     "UNDEFINED_REASONS",
     "undefined_reason",

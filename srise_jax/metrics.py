@@ -22,8 +22,14 @@ import numpy as np
 from jax import lax
 
 from srise_jax import _helpers as checks
+from srise_jax import fills
 from srise_jax.similarity import unit_normalize as _unit
 from srise_jax.typing import EmbedFn, PyTree
+
+# What replaces the removed pixels (`fill=`): the image's per-channel mean
+# (the paper's), a strong Gaussian blur of the image, or ROAD's noisy linear
+# imputation. docs/metrics.md defines each.
+METRIC_FILLS = ("mean", "blur", "impute")
 
 # Why a fraction can be undefined; `MetricResult.reason` holds 0 when it is
 # defined, else 1 + the index of its reason here. An undefined fraction is
@@ -33,8 +39,8 @@ UNDEFINED_REASONS = ("rejected", "already_flipped", "cannot_flip", "invalid_inpu
 # A short phrase for each reason, for tables, figures and reports.
 REASON_TEXT = {
     "rejected": "the model rejects the pair",
-    "already_flipped": "the all-mean image already matches",
-    "cannot_flip": "even the all-mean image matches",
+    "already_flipped": "the all-removed (fill) image already matches",
+    "cannot_flip": "even the all-removed (fill) image matches",
     "invalid_input": "NaN or inf in the input",
 }
 
@@ -60,8 +66,9 @@ class MetricResult(NamedTuple):
         "rejected", the model rejects the pair (cos(image, reference) <
         threshold), so Deletion has no match to break and Insertion ends on
         a non-match whatever the map; "already_flipped", Insertion's
-        mean-filled start image already matches; "cannot_flip", Deletion
-        never flips, not even with every pixel mean-filled; "invalid_input",
+        all-removed start image (every pixel filled) already matches;
+        "cannot_flip", Deletion never flips, not even with every pixel
+        filled; "invalid_input",
         NaN or inf in the image, reference, map or threshold (raised as an
         error outside `jit`).
     """
@@ -113,21 +120,28 @@ def deletion(
     *,
     step: int = 1,
     batch_size: int = 64,
+    fill: str = "mean",
+    key: jax.Array | None = None,
 ) -> MetricResult:
     """Fraction of the most salient pixels to delete before a match is lost.
 
     Definition (paper section 3.3). Rank the H*W pixels of ``image`` by
     ``saliency``, highest first; equal values keep raster order (lower flat
     index ``row * W + col`` first). Let ``x_c`` be ``image`` with its ``c``
-    first-ranked pixels replaced, in all three channels, by the per-channel
-    mean of ``image``, and ``s(c) = cos(embed(x_c), embed(reference))``.
+    first-ranked pixels removed, i.e. replaced in all three channels by the
+    ``fill``: the per-channel mean of ``image`` (``"mean"``, the paper's),
+    ``image`` blurred by a Gaussian of sigma ``max(H, W) / 20``
+    (``"blur"``), or ROAD's noisy linear imputation from the kept pixels
+    (``"impute"``, `fills.noisy_linear_impute`); kept pixels are never
+    modified. Let ``s(c) = cos(embed(x_c), embed(reference))``.
     Then ``fraction = min{c : s(c) < threshold} / (H*W)``.
 
     The fraction is undefined (NaN, with `MetricResult.reason`) when no map
     could earn it: "rejected" when ``s(0) < threshold`` (the pair is
     already a non-match, so there is no decision to flip; 0.0 would score
     it as a perfect explanation), "cannot_flip" when no ``c`` in
-    ``0..H*W`` qualifies (even the all-mean image still matches; 1.0 would
+    ``0..H*W`` qualifies (even the all-removed image, the fill's own, still
+    matches; 1.0 would
     score every map alike).
 
     ``step=1`` evaluates ``s(0), s(1), ...`` in order, which is the paper's
@@ -165,6 +179,11 @@ def deletion(
         matches when ``cos >= threshold``; finite.
       step: grid spacing of the coarse search, a positive int.
       batch_size: pixel counts (masked images) per ``embed_fn`` call.
+      fill: what replaces removed pixels, one of `METRIC_FILLS` (static);
+        docs/metrics.md defines each.
+      key: the PRNG key of the "impute" fill's noise (one noise field for
+        every count); None means ``jax.random.key(0)``. Ignored by the
+        other fills.
 
     Returns:
       A `MetricResult`.
@@ -175,7 +194,7 @@ def deletion(
     """
     return _flip_search(
         embed_fn, params, image, reference, saliency, threshold,
-        insert=False, step=step, batch_size=batch_size,
+        insert=False, step=step, batch_size=batch_size, fill=fill, key=key,
     )
 
 
@@ -189,21 +208,25 @@ def insertion(
     *,
     step: int = 1,
     batch_size: int = 64,
+    fill: str = "mean",
+    key: jax.Array | None = None,
 ) -> MetricResult:
     """Fraction of the most salient pixels to restore before a match appears.
 
     Definition (paper section 3.3). Rank the pixels as in `deletion`. Let
-    ``x_c`` be the constant image filled with the per-channel mean of
-    ``image``, with the ``c`` first-ranked pixels restored to their values
-    in ``image``, and ``s(c) = cos(embed(x_c), embed(reference))``. Then
-    ``fraction = min{c : s(c) >= threshold} / (H*W)``.
+    ``x_c`` be ``image`` with its ``c`` first-ranked pixels kept and all
+    others removed, replaced by the ``fill`` of `deletion` (for
+    ``"impute"``, imputed from the kept pixels; at ``c = 0`` nothing is
+    kept and the image is the per-channel mean plus the noise), and ``s(c) =
+    cos(embed(x_c), embed(reference))``. Then ``fraction = min{c : s(c) >=
+    threshold} / (H*W)``.
 
     The fraction is undefined (NaN, with `MetricResult.reason`) when no map
     could earn it: "rejected" when the pair itself does not match
     (``cos(embed(image), embed(reference)) < threshold``: the last step is
     the original image, so the count would say nothing about the map, and
     1.0 would score every map alike), "already_flipped" when
-    ``s(0) >= threshold`` (the featureless start image already matches;
+    ``s(0) >= threshold`` (the fill's all-removed start image already matches;
     0.0 would score it as a perfect map). "rejected" wins when both hold.
 
     ``step``, ``batch_size``, early stopping and jit behave as in
@@ -211,8 +234,9 @@ def insertion(
 
     Args:
       embed_fn, params, image, reference, saliency, threshold, step,
-      batch_size: as in `deletion`; ``image`` is the image whose pixels are
-      restored, one by one in ``saliency`` order, into its mean image.
+      batch_size, fill, key: as in `deletion`; ``image`` is the image
+      whose pixels are restored, one by one in ``saliency`` order, into its
+      all-removed (filled) image.
 
     Returns:
       A `MetricResult`.
@@ -223,7 +247,7 @@ def insertion(
     """
     return _flip_search(
         embed_fn, params, image, reference, saliency, threshold,
-        insert=True, step=step, batch_size=batch_size,
+        insert=True, step=step, batch_size=batch_size, fill=fill, key=key,
     )
 
 
@@ -237,19 +261,19 @@ def deletion_insertion(
     *,
     step: int = 1,
     batch_size: int = 64,
+    fill: str = "mean",
+    key: jax.Array | None = None,
 ) -> tuple[MetricResult, MetricResult]:
     """Both metrics for one image of a pair: ``(deletion(...), insertion(...))``.
 
-    Args and References: as in `deletion`.
+    Args and References: as in `deletion` (``fill`` and ``key`` included).
 
     Returns:
       ``(deletion_result, insertion_result)``, two `MetricResult`.
     """
     args = (embed_fn, params, image, reference, saliency, threshold)
-    return (
-        deletion(*args, step=step, batch_size=batch_size),
-        insertion(*args, step=step, batch_size=batch_size),
-    )
+    options = dict(step=step, batch_size=batch_size, fill=fill, key=key)
+    return deletion(*args, **options), insertion(*args, **options)
 
 
 class Curve(NamedTuple):
@@ -276,6 +300,8 @@ def similarity_curve(
     mode: str,
     num_points: int = 33,
     batch_size: int = 64,
+    fill: str = "mean",
+    key: jax.Array | None = None,
 ) -> Curve:
     """The deletion or insertion curve over the whole range, and its area.
 
@@ -296,6 +322,7 @@ def similarity_curve(
       num_points: points of the curve (static), at least 2.
       batch_size: images per `embed_fn` call (static); at most
         ``num_points`` are used.
+      fill, key: what replaces removed pixels, as in `deletion`.
 
     Returns:
       A `Curve`.
@@ -310,6 +337,7 @@ def similarity_curve(
         raise ValueError(f"num_points must be an int >= 2 (static under jit), "
                          f"got {num_points!r}")
     _check_args(image, reference, saliency, 1, batch_size)
+    check_metric_fill(fill)
     image = jnp.asarray(image, jnp.float32)
     reference = jnp.asarray(reference, jnp.float32)
     saliency = jnp.asarray(saliency)
@@ -319,12 +347,12 @@ def similarity_curve(
     batch_size = min(batch_size, num_points)
     slots = -(-num_points // batch_size) * batch_size
     counts = jnp.asarray(np.pad(counts_np, (0, slots - num_points), mode="edge"))
-    fill = jnp.mean(image, axis=(0, 1))
+    replace = _replacement(image, fill, key)
     rank = _pixel_rank(saliency)
     reference_unit = _unit(embed_fn(params, reference[None]))[0]
 
     def batch(_, chunk):
-        images = _changed_images(image, rank, fill, chunk, insert=mode == "insertion")
+        images = _changed_images(image, rank, replace, chunk, insert=mode == "insertion")
         return None, _unit(embed_fn(params, images)) @ reference_unit
 
     _, sims = lax.scan(batch, None, counts.reshape(-1, batch_size))
@@ -345,9 +373,11 @@ class _Search(NamedTuple):
 
 
 def _flip_search(
-    embed_fn, params, image, reference, saliency, threshold, *, insert, step, batch_size
+    embed_fn, params, image, reference, saliency, threshold, *, insert, step, batch_size,
+    fill, key
 ) -> MetricResult:
     _check_args(image, reference, saliency, step, batch_size)
+    check_metric_fill(fill)
     checks.check_finite("threshold", threshold)
     image = jnp.asarray(image, jnp.float32)
     reference = jnp.asarray(reference, jnp.float32)
@@ -356,7 +386,7 @@ def _flip_search(
     height, width, _ = image.shape
     num_pixels = height * width
 
-    fill = jnp.mean(image, axis=(0, 1))
+    replace = _replacement(image, fill, key)
     rank = _pixel_rank(saliency)
     reference_unit = _unit(embed_fn(params, reference[None]))[0]
     # Under jit the values cannot be checked above: bad ones stop the search
@@ -366,7 +396,7 @@ def _flip_search(
     rejected = (_unit(embed_fn(params, image[None]))[0] @ reference_unit) < threshold
 
     def similarities(counts):
-        images = _changed_images(image, rank, fill, counts, insert=insert)
+        images = _changed_images(image, rank, replace, counts, insert=insert)
         return _unit(embed_fn(params, images)) @ reference_unit
 
     def flipped(sims):
@@ -428,7 +458,7 @@ def _flip_search(
     lo, hi = bracket(final.hit)
     flip_count = jnp.where(final.fine_hit < num_fine, lo + 1 + final.fine_hit, hi)
     # The search starts at the unchanged image for Deletion (so a hit at 0
-    # means the pair is rejected) and at the all-mean image for Insertion.
+    # means the pair is rejected) and at the all-removed image for Insertion.
     if insert:
         reasons = ((invalid, "invalid_input"), (rejected, "rejected"),
                    (final.hit == 0, "already_flipped"),
@@ -459,16 +489,48 @@ def _all_finite(*arrays) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays]))
 
 
-def _changed_images(image, rank, fill, counts, *, insert: bool) -> jax.Array:
+def check_metric_fill(fill: str) -> None:
+    """Refuse a metric fill that is not one of `METRIC_FILLS`.
+
+    Args:
+      fill: the name given as ``fill=``.
+
+    Raises:
+      ValueError: one line naming the allowed fills.
+    """
+    if not isinstance(fill, str) or fill not in METRIC_FILLS:
+        raise ValueError(f"fill must be one of {', '.join(METRIC_FILLS)}, got {fill!r}")
+
+
+def _replacement(image, fill, key):
+    """removed (K, H, W) bool -> the values of the removed pixels, broadcastable to (K, H, W, 3).
+
+    Only "impute" depends on which pixels are removed; its noise field is
+    the same for every count, so the curve moves only where pixels change.
+    """
+    if fill == "mean":
+        values = jnp.mean(image, axis=(0, 1))
+        return lambda removed: values
+    if fill == "blur":
+        # S-RISE's own "blur": sigma = max(H, W) / 20 (5.6 pixels at 112).
+        values = fills.gaussian_blur(image)
+        return lambda removed: values
+    if key is None:
+        key = jax.random.key(fills.DEFAULT_IMPUTE_SEED)
+    return jax.vmap(lambda removed: fills.noisy_linear_impute(image, removed, key=key))
+
+
+def _changed_images(image, rank, replace, counts, *, insert: bool) -> jax.Array:
     """(K, H, W, 3): `image` with its `counts[k]` first-ranked pixels changed.
 
     A pixel is changed iff its rank is below the count: one comparison per
-    pixel and image builds the whole batch, with no gathers.
+    pixel and image builds the whole batch, with no gathers. Deletion
+    removes the changed pixels, Insertion restores them (removes the rest);
+    kept pixels are `image`'s, bit for bit, whatever the fill.
     """
-    changed = (rank[None] < counts[:, None, None])[..., None]
-    if insert:
-        return jnp.where(changed, image, fill)
-    return jnp.where(changed, fill, image)
+    changed = rank[None] < counts[:, None, None]
+    removed = changed if not insert else ~changed
+    return jnp.where(removed[..., None], replace(removed), image)
 
 
 def _pixel_rank(saliency: jax.Array) -> jax.Array:

@@ -31,6 +31,7 @@ from jax.typing import DTypeLike
 
 from srise_jax import _helpers as checks
 from srise_jax import config as config_lib
+from srise_jax import fills
 from srise_jax import masks as masks_lib
 from srise_jax import presets
 from srise_jax.config import Fill, SRiseConfig, config_options
@@ -100,29 +101,10 @@ class SaliencySums(NamedTuple):
     similarity: jax.Array
 
 
-def _blur(image: jax.Array) -> jax.Array:
-    """(H, W, C) image blurred by a separable Gaussian, sigma = max(H, W) / 20."""
-    sigma = max(image.shape[:2]) / 20.0
-    radius = int(3 * sigma)
-    taps = jnp.exp(-jnp.arange(-radius, radius + 1, dtype=jnp.float32) ** 2
-                   / (2 * sigma**2))
-    taps = taps / taps.sum()
-    out = image
-    for axis in (0, 1):
-        # Edge padding: a zero border would darken the blurred face's rim.
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = jnp.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        out = sum(taps[i] * jax.lax.slice_in_dim(padded, i, i + n, axis=axis)
-                  for i in range(2 * radius + 1))
-    return out
-
-
 def _fill_for(image: jax.Array, fill: Fill) -> jax.Array:
     """The fill of `image`'s masked-out pixels: broadcastable to (H, W, C)."""
     if isinstance(fill, str):
-        return image.mean((0, 1)) if fill == "mean" else _blur(image)
+        return image.mean((0, 1)) if fill == "mean" else fills.gaussian_blur(image)
     return jnp.asarray(fill, image.dtype)
 
 

@@ -59,6 +59,7 @@ RANKS: dict[str, int] = {
     "srise_jax.config": 3,
     "srise_jax.presets": 3,
     "srise_jax.stats": 3,
+    "srise_jax.fills": 3,
     # explainers
     "srise_jax.explainers.*": 4,
     # evaluation

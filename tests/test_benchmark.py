@@ -1,6 +1,7 @@
 """The benchmark: method parsing, S-RISE convergence, AUC curves, Table 1 statistics, the runner."""
 
 import collections
+import csv
 import math
 import zlib
 
@@ -279,7 +280,7 @@ def test_score_reasons_reach_the_results_rows(planted_region):
 def test_results_without_reason_columns_cannot_be_resumed(tmp_path):
     # A results.csv from before the reason columns: Deletion that never flips
     # read 1.0 there, so resuming would mix two definitions in one table.
-    old = [c for c in benchmark.COLUMNS if not c.endswith("_reason")]
+    old = [c for c in benchmark.COLUMNS if not c.endswith("_reason") and c != "metric_fill"]
     path = tmp_path / "results.csv"
     path.write_text(",".join(old) + "\n" + ",".join(["0"] * len(old)) + "\n")
     with pytest.raises(ValueError, match="written by an older srise-jax, without the "
@@ -382,7 +383,7 @@ def test_run_benchmark_from_python_equals_the_library_functions_and_resumes(tmp_
                                          r"random\), to run again; a last line cut short; "
                                          r"kept 20 row\(s\)"):
         runner = benchmark.Runner(model, triplets, _METHODS, out, **_OPTIONS)
-    assert runner.pending == (benchmark.Pending(1, ("random",)),)
+    assert runner.pending == (benchmark.Pending(1, ("random",), (("random", "mean"),)),)
     calls = []
     again = runner.run(progress=calls.append)
     assert calls == [1] and runner.pending == ()
@@ -392,3 +393,114 @@ def test_run_benchmark_from_python_equals_the_library_functions_and_resumes(tmp_
     with pytest.raises(ValueError, match="holds a run with seed = 0, this one asks for 1"):
         benchmark.run_benchmark(model, triplets, _METHODS, out, seed=1, **_OPTIONS)
 
+
+
+_FILL_METHODS = "srise@4,random"
+
+
+def _recompute_row(model, triplets, row, parts):
+    """A row's map and its Deletion/Insertion under its fill, from the library's functions."""
+    index = int(row["triplet"])
+    faces = [protocols.load_protocol_face(entry, size=32) for entry in triplets[index]]
+    job = benchmark.make_job(index, triplets[index], faces, pair=row["pair"], side=row["side"])
+    key = benchmark.job_key(jax.random.key(0), index, job.pair, job.side)
+    part = next(p for p in parts if row["method"] in p.labels)
+    saliency = part.fn(model.params, job.image, job.reference, key)[row["method"]]
+    options = dict(step=32, fill=row["metric_fill"],
+                   key=benchmark.metric_key(key, row["metric_fill"]))
+    return [exact(model.embed_fn, model.params, job.image, job.reference, saliency,
+                  THRESHOLD, **options) for exact in (metrics.deletion, metrics.insertion)]
+
+
+def test_every_map_is_scored_under_each_metric_fill_and_fills_can_be_added(tmp_path):
+    model, out = planted_model(), tmp_path / "run"
+    triplets = [protocols.sample_protocol()[0]]  # both pairs accepted
+    calls = []
+    result = benchmark.run_benchmark(model, triplets, _FILL_METHODS, out,
+                                     metric_fills="mean,blur", progress=calls.append,
+                                     **_OPTIONS)
+    rows = result.rows
+    assert sum(calls) == 2 * 2  # methods x fills
+    assert len(rows) == 2 * 2 * 2 * 2  # pairs x sides x methods x fills
+    assert [r["metric_fill"] for r in rows[:4]] == ["mean", "blur"] * 2
+    # Each row's fractions are metrics.deletion / insertion with its fill,
+    # computed directly on the same map.
+    parts = benchmark.make_explain_fns(model.embed_fn, benchmark.parse_methods(_FILL_METHODS),
+                                       batch_size=4)
+    for row in rows:
+        assert row["match"] == "1"
+        for metric, want in zip(("deletion", "insertion"),
+                                _recompute_row(model, triplets, row, parts)):
+            if row[f"{metric}_reason"]:
+                assert row[f"{metric}_reason"] == metrics.undefined_reason(want)
+            else:
+                assert float(row[metric]) == pytest.approx(float(want.fraction), abs=1e-6)
+    by_job = collections.defaultdict(dict)
+    for row in rows:
+        by_job[_job(row)][row["metric_fill"]] = row
+    differ = sum(fills["mean"]["deletion_curve"] != fills["blur"]["deletion_curve"]
+                 for fills in by_job.values())
+    assert differ == len(by_job) == 8  # the fills are different measurements
+
+    # One Table 1 per fill; summarize refuses rows of several fills.
+    tables = {fill: benchmark.summarize(fill_rows, num_resamples=50)
+              for fill, fill_rows in benchmark.rows_by_fill(rows).items()}
+    assert list(tables) == ["mean", "blur"]
+    assert all(line["metric_fill"] == fill for fill, table in tables.items() for line in table)
+    text = benchmark.format_tables(tables)
+    assert text.index("## Table 1, metric fill: mean") < text.index("## Table 1, metric fill: blur")
+    with pytest.raises(ValueError, match=r"several metric fills \(mean, blur\)"):
+        benchmark.summarize(rows)
+
+    # Adding a fill to the finished run: only the new fill's blocks run, the
+    # old rows stay byte for byte, and the maps (same keys) score as directly.
+    first = (out / "results.csv").read_bytes()
+    runner = benchmark.Runner(model, triplets, _FILL_METHODS, out,
+                              metric_fills=("blur", "mean", "impute"), **_OPTIONS)
+    assert runner.pending == (benchmark.Pending(0, ("srise@4", "random"),
+                                                (("srise@4", "impute"), ("random", "impute"))),)
+    calls = []
+    added = runner.run(progress=calls.append).rows
+    assert calls == [2] and (out / "results.csv").read_bytes().startswith(first)
+    new = added[len(rows):]
+    assert len(new) == 8 and {r["metric_fill"] for r in new} == {"impute"}
+    for row in new[:2]:
+        for metric, want in zip(("deletion", "insertion"),
+                                _recompute_row(model, triplets, row, parts)):
+            if not row[f"{metric}_reason"]:
+                assert float(row[metric]) == pytest.approx(float(want.fraction), abs=1e-6)
+    # The imputation's noise comes from the job's key: a fresh run of that
+    # fill alone writes the same rows.
+    alone = benchmark.run_benchmark(model, triplets, _FILL_METHODS, tmp_path / "alone",
+                                    metric_fills=["impute"], **_OPTIONS).rows
+    assert [{**r, "seconds": ""} for r in alone] == [{**r, "seconds": ""} for r in new]
+    with pytest.raises(ValueError, match="unknown metric fill.*'smear'"):
+        benchmark.Runner(model, triplets, _FILL_METHODS, out, metric_fills="mean,smear",
+                         **_OPTIONS)
+
+
+def test_results_written_before_the_metric_fill_column_are_kept_as_the_mean_fill(tmp_path):
+    # Such rows were all scored with the mean fill, whose definition is
+    # unchanged: a rerun reads them as metric_fill "mean", rewrites the file
+    # with the column (saying so) and runs nothing again.
+    model, out = planted_model(), tmp_path / "run"
+    triplets = [protocols.sample_protocol()[0]]
+    benchmark.run_benchmark(model, triplets, "random", out, **_OPTIONS)
+    now = (out / "results.csv").read_text()
+    rows = benchmark.read_rows(out / "results.csv")
+    old_columns = [c for c in benchmark.COLUMNS if c != "metric_fill"]
+    with open(out / "results.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=old_columns, lineterminator="\n",
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    found = benchmark.complete_rows(out / "results.csv")
+    assert found.before_fills and found.kept == rows
+    # Table 1 of the old rows reads them as the mean fill's.
+    old_rows = benchmark.read_rows(out / "results.csv")
+    assert list(benchmark.rows_by_fill(old_rows)) == ["mean"]
+    assert benchmark.summarize(old_rows)[0]["metric_fill"] == "mean"
+    with pytest.warns(UserWarning, match="written before the metric_fill column; its rows were "
+                                         "all scored with the mean fill"):
+        runner = benchmark.Runner(model, triplets, "random", out, **_OPTIONS)
+    assert runner.pending == () and (out / "results.csv").read_text() == now

@@ -33,14 +33,16 @@ DRIVER = textwrap.dedent("""
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
-# Two S-RISE counts (one part), a gradient and a random map; 4 sample
-# triplets, among them pairs the planted model rejects (checked below).
+# Two S-RISE counts (one part), a gradient and a random map, scored under
+# two metric fills (the imputation's noise keyed per job, as the batch must
+# keep it); 4 sample triplets, among them pairs the planted model rejects
+# (checked below).
 _ARGS = ["benchmark", "--model", "planted", "--data", "sample", "--num-triplets", "4",
          "--methods", "srise@4,srise@8,gradient,random", "--batch-size", "4",
          "--metric-batch", "8", "--curve-points", "5", "--bootstrap", "200",
-         "--threshold", "0.2", "--save-maps", "4"]
-_EXACT = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
-          "match", "deletion", "insertion")
+         "--threshold", "0.2", "--save-maps", "4", "--metric-fill", "mean,impute"]
+_EXACT = ("triplet", "pair", "side", "image", "reference", "method", "metric_fill",
+          "iterations", "match", "deletion", "insertion")
 _CLOSE = ("similarity", "deletion_auc", "insertion_auc", "deletion_curve",
           "insertion_curve")
 
@@ -80,7 +82,8 @@ def _table(out):
 
 
 def _assert_same_rows(got, want):
-    assert len(got) == len(want) == 4 * 2 * 2 * 4  # triplets x pairs x sides x methods
+    # triplets x pairs x sides x methods x fills
+    assert len(got) == len(want) == 4 * 2 * 2 * 4 * 2
     for a, b in zip(got, want):
         assert {k: a[k] for k in _EXACT} == {k: b[k] for k in _EXACT}
         for column in _CLOSE:
@@ -99,6 +102,7 @@ def reference(tmp_path_factory):
     # The batches must mix accepted and rejected pairs to test the masking.
     assert {row["match"] for row in rows} == {"0", "1"}
     assert any(row["deletion"] for row in rows)
+    assert {row["metric_fill"] for row in rows} == {"mean", "impute"}
     return out, rows
 
 

@@ -97,6 +97,47 @@ def test_benchmark_resumes_adds_methods_and_repairs_a_killed_run(tmp_path, plant
     assert_one_error_line(_run(out, "--seed", "1"), capsys, "holds a run with seed")
 
 
+def test_benchmark_scores_under_each_metric_fill_and_adds_fills(tmp_path, planted_cli,
+                                                              capsys):
+    out = tmp_path / "run"
+    assert _run(out, "--metric-fill", "mean,blur", methods="random") == 0
+    rows = _read(out / "results.csv")
+    assert len(rows) == 2 * 2 * 2 * 2  # triplets x pairs x sides x fills
+    assert [r["metric_fill"] for r in rows[:2]] == ["mean", "blur"]
+    table = (out / "table.md").read_text()
+    headings = [line for line in table.splitlines() if line.startswith("## ")]
+    assert headings == ["## Table 1, metric fill: mean", "## Table 1, metric fill: blur"]
+    printed = capsys.readouterr().out
+    assert printed.startswith("planted, threshold 0.2: 2 triplets x 1 methods x 2 metric "
+                              "fills (mean, blur); 2 triplets to run\n")
+    assert table.split("\n\n", 3)[3] in printed  # both tables, after title and command
+    # The same rows as the library's run with those fills.
+    library = benchmark.run_benchmark(planted_cli, protocols.sample_protocol()[:2], "random",
+                                      tmp_path / "library", threshold=0.2, batch_size=4,
+                                      metric_batch=8, curve_points=5,
+                                      metric_fills=("mean", "blur"))
+    assert [{**r, "seconds": ""} for r in rows] == \
+        [{**r, "seconds": ""} for r in library.rows]
+
+    # Resuming with a fill added scores the finished triplets under it alone.
+    first = (out / "results.csv").read_bytes()
+    assert _run(out, "--metric-fill", "mean,blur,impute", methods="random") == 0
+    assert (out / "results.csv").read_bytes().startswith(first)
+    added = _read(out / "results.csv")[len(rows):]
+    assert len(added) == 8 and {r["metric_fill"] for r in added} == {"impute"}
+    assert "## Table 1, metric fill: impute" in (out / "table.md").read_text()
+    # Rerun: nothing to do, and the impute rows are reproducible.
+    assert _run(out, "--metric-fill", "impute", methods="random") == 0
+    assert "0 triplets to run" in capsys.readouterr().out
+    again = tmp_path / "again"
+    assert _run(again, "--metric-fill", "impute", methods="random") == 0
+    assert [{**r, "seconds": ""} for r in _read(again / "results.csv")] == \
+        [{**r, "seconds": ""} for r in added]
+    assert_one_error_line(_run(tmp_path / "bad", "--metric-fill", "mean,smear"), capsys,
+                          "unknown metric fill(s) 'smear'")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_benchmark_bad_inputs_fail_in_one_line(tmp_path, planted_cli, capsys):
     assert_one_error_line(cli.main(["benchmark", "--data", str(tmp_path / "none"),
                                     "--out", str(tmp_path / "o")]), capsys, "not a directory")

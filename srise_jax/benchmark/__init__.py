@@ -3,9 +3,13 @@
 A benchmark run explains each image of each pair of each triplet with every
 method, then scores every map whose pair the model accepts with the paper's
 Deletion and Insertion fractions (`srise_jax.metrics`) and the threshold-free
-deletion/insertion AUCs (`metrics.similarity_curve`). One result row per
-(triplet, pair, side, method); `summarize` turns rows into Table 1 with 95%
-bootstrap intervals that resample distinct pairs (`pair_identity`).
+deletion/insertion AUCs (`metrics.similarity_curve`), under each metric
+fill asked for (`metric_fills`: what replaces the removed pixels,
+`metrics.METRIC_FILLS`; default the paper's mean fill). One result row per
+(triplet, pair, side, method, metric fill); `summarize` turns one fill's
+rows (`rows_by_fill`) into Table 1 with 95% bootstrap intervals that
+resample distinct pairs (`pair_identity`); `format_tables` prints one
+Table 1 per fill.
 
     result = benchmark.run_benchmark(srise_jax.models.load("dlib"),
                                      protocols.sample_protocol(), "srise@100,random", "run")
@@ -14,12 +18,14 @@ bootstrap intervals that resample distinct pairs (`pair_identity`).
 The modules, from the bottom up:
 
 - `methods`: methods by name (`parse_methods`), their keys (`job_key`,
-  `method_key`), jitted maps (`make_explain_fns`, `prepare_methods`) and
-  scores (`make_score_fn`).
+  `method_key`, `metric_key`), jitted maps (`make_explain_fns`,
+  `prepare_methods`) and scores under a metric fill (`make_score_fn`,
+  `parse_metric_fills`).
 - `sharding`: a batch of triplets as one vmapped program over a 1-D device
   mesh (`shard_over_triplets`, `triplet_mesh`); with one triplet per device
   its maps and scores are those of one triplet at a time.
-- `table`: Table 1 from rows (`summarize`, `format_table`).
+- `table`: Table 1 from rows (`summarize`, `format_table`), one per metric
+  fill (`rows_by_fill`, `format_tables`).
 - `store`: the resumable run directory (run.json, results.csv and its
   parts, maps); a rerun adds only what is missing.
 - `runner`: the loop (`Runner`, `run_benchmark`), with progress through a
@@ -54,7 +60,9 @@ from srise_jax.benchmark.methods import (
     make_explain_fns,
     make_score_fn,
     method_key,
+    metric_key,
     parse_methods,
+    parse_metric_fills,
     prepare_methods,
     triplet_similarities,
 )
@@ -72,6 +80,7 @@ from srise_jax.benchmark.runner import (
 from srise_jax.benchmark.sharding import TRIPLET_AXIS, shard_over_triplets, triplet_mesh
 from srise_jax.benchmark.store import (
     COLUMNS,
+    MEAN_FILL,
     CompleteRows,
     OpenResults,
     append_rows,
@@ -85,11 +94,15 @@ from srise_jax.benchmark.store import (
 )
 from srise_jax.benchmark.table import (
     AUCS,
+    FILL_TEXT,
     FRACTIONS,
     NO_REASON,
     REJECTED,
     format_table,
+    format_tables,
+    metric_fill,
     pair_identity,
+    rows_by_fill,
     summarize,
 )
 
@@ -97,8 +110,10 @@ __all__ = [
     "AUCS",
     "COLUMNS",
     "DEFAULT_METHODS",
+    "FILL_TEXT",
     "FRACTIONS",
     "NO_REASON",
+    "MEAN_FILL",
     "PAIRS",
     "PAPER_ITERATIONS",
     "REJECTED",
@@ -119,17 +134,22 @@ __all__ = [
     "complete_rows",
     "dataset_triplets",
     "format_table",
+    "format_tables",
     "job_key",
     "make_explain_fns",
     "make_job",
     "make_score_fn",
     "merge_parts",
     "method_key",
+    "metric_fill",
+    "metric_key",
     "open_results",
     "pair_identity",
     "parse_methods",
+    "parse_metric_fills",
     "prepare_methods",
     "read_rows",
+    "rows_by_fill",
     "result_row",
     "run_benchmark",
     "save_maps",

@@ -4,9 +4,10 @@
 `make_explain_fns` compiles them (the S-RISE counts of one preset as one
 convergence run) and `prepare_methods` adds each label's iterations for
 results.csv; `make_score_fn` scores a map with Deletion/Insertion and the
-AUCs. Keys come from the run's key, the triplet, the job and a hash of the
+AUCs under one metric fill (`parse_metric_fills`). Keys come from the run's key, the triplet, the job and a hash of the
 method's label (`job_key`, `method_key`), so every map is reproducible on
-its own.
+its own; the metric's noise ("impute") from the job's key and a hash of the
+fill's name (`metric_key`).
 """
 
 from __future__ import annotations
@@ -285,16 +286,66 @@ def prepare_methods(embed_fn: EmbedFn, methods: str | Iterable[str] | Sequence[M
     return MethodSet(parts, {m.label: m.iterations or "" for m in methods})
 
 
+def metric_key(key: jax.Array, fill: str) -> jax.Array:
+    """The key of a job's scores under one metric fill: independent of the fills run.
+
+    Only ``"impute"`` draws from it (the noise of ROAD's imputation); the
+    other fills are deterministic. Like `method_key`, it folds in a hash of
+    the fill's name (not its position in the run's list), so a fill added to
+    a finished run scores with the key a run of that fill alone would have
+    used, and every method of a job is scored with the same noise (a paired
+    comparison).
+
+    Args:
+      key: a job's `jax.random` key (`job_key`).
+      fill: one of `metrics.METRIC_FILLS`.
+
+    Returns:
+      A `jax.random` key: `key` folded with the CRC-32 of "metric_fill/<fill>".
+    """
+    return jax.random.fold_in(key, zlib.crc32(f"metric_fill/{fill}".encode()) & 0x7FFFFFFF)
+
+
+def parse_metric_fills(spec: str | Iterable[str]) -> tuple[str, ...]:
+    """Metric fills from "mean,blur,impute" (or a list of names).
+
+    Args:
+      spec: comma-separated names of `metrics.METRIC_FILLS` (blanks
+        ignored), or an iterable of names.
+
+    Returns:
+      The fills in the order given.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones), a
+        name given twice, or none.
+    """
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    fills = tuple(name.strip() for name in names if name.strip())
+    known = tuple(metrics.METRIC_FILLS)
+    unknown = [fill for fill in fills if fill not in known]
+    if unknown:
+        raise ValueError(f"unknown metric fill(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(known)}")
+    duplicates = sorted({fill for fill in fills if fills.count(fill) > 1})
+    if duplicates:
+        raise ValueError(f"metric fills given twice: {', '.join(duplicates)}")
+    if not fills:
+        raise ValueError("no metric fill given")
+    return fills
+
+
 def make_score_fn(embed_fn: EmbedFn, *, step: int, batch_size: int = 32,
-                  num_points: int = 33) -> Callable:
-    """Jitted `score(params, image, reference, saliency, threshold) -> dict`.
+                  num_points: int = 33, fill: str = "mean") -> Callable:
+    """Jitted `score(params, image, reference, saliency, threshold, key=None) -> dict`.
 
     The dict holds () arrays "deletion", "insertion" (the paper's fractions,
     exact: `metrics.deletion` / `insertion` with this coarse `step`; NaN
     when undefined), "deletion_reason", "insertion_reason" (int32
     `metrics.MetricResult.reason`: 0 when defined; `metrics.reason_name` names
     it), "deletion_auc", "insertion_auc" and (num_points,)
-    "deletion_curve", "insertion_curve" (`metrics.similarity_curve`).
+    "deletion_curve", "insertion_curve" (`metrics.similarity_curve`), every
+    one with the removed pixels replaced as `fill` says.
 
     Args:
       embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
@@ -303,24 +354,34 @@ def make_score_fn(embed_fn: EmbedFn, *, step: int, batch_size: int = 32,
         crosses the threshold once).
       batch_size: perturbed images per `embed_fn` call.
       num_points: points of each similarity curve.
+      fill: what replaces a removed pixel, one of `metrics.METRIC_FILLS`:
+        "mean" (the paper's, the default), "blur", "impute".
 
     Returns:
       The jitted `score`; its `image`, `reference` are Float[Array, "h w 3"],
-      `saliency` Float[Array, "h w"] (`image`'s map) and `threshold` the
-      model's match threshold on the cosine similarity.
+      `saliency` Float[Array, "h w"] (`image`'s map), `threshold` the
+      model's match threshold on the cosine similarity and `key` the
+      `jax.random` key of the fill's noise ("impute"; the benchmark passes
+      `metric_key(job_key(...), fill)`), the same key for the two fractions
+      and the two curves, so all four see the same imputed images.
+
+    Raises:
+      ValueError: an unknown `fill`.
 
     References:
       Lu and Ebrahimi, arXiv:2304.06118, section 4.4 (Deletion, Insertion).
     """
+    (fill,) = parse_metric_fills([fill])
 
-    def score(params, image, reference, saliency, threshold):
+    def score(params, image, reference, saliency, threshold, key=None):
         args = (embed_fn, params, image, reference, saliency)
+        options = {"fill": fill, "key": key}
         out = {}
         for mode, exact in (("deletion", metrics.deletion), ("insertion", metrics.insertion)):
-            result = exact(*args, threshold, step=step, batch_size=batch_size)
+            result = exact(*args, threshold, step=step, batch_size=batch_size, **options)
             out[mode], out[f"{mode}_reason"] = result.fraction, result.reason
             curve = metrics.similarity_curve(*args, mode=mode, num_points=num_points,
-                                             batch_size=batch_size)
+                                             batch_size=batch_size, **options)
             out[f"{mode}_auc"] = curve.auc
             out[f"{mode}_curve"] = curve.similarity
         return out

@@ -1,4 +1,4 @@
-"""A run directory's reports: table.md (Table 1), curves.png and convergence.png."""
+"""A run directory's reports: table.md (Table 1 per metric fill), curves.png, convergence.png."""
 
 from __future__ import annotations
 
@@ -12,29 +12,39 @@ import numpy as np
 
 from srise_jax import outputs, viz
 from srise_jax.benchmark import store
-from srise_jax.benchmark.table import format_table, summarize
+from srise_jax.benchmark.table import format_tables, metric_fill, rows_by_fill, summarize
 
 
 class Reports(NamedTuple):
     """What `write_reports` wrote.
 
     Attributes:
-      table: Table 1, one dict per method (`summarize`).
+      tables: {metric fill: Table 1 of its rows, one dict per method
+        (`summarize`)}, in the order of table.md.
       paths: the files written: table.md, curves.png and, when written,
         convergence.png.
     """
 
-    table: list[dict[str, Any]]
+    tables: dict[str, list[dict[str, Any]]]
     paths: list[Path]
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        """The first metric fill's Table 1 (the only one in a run of one fill)."""
+        return next(iter(self.tables.values()), [])
 
 
 def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[str] = (),
-                  command: str | None = None, num_resamples: int = 10_000) -> Reports:
-    """Table 1 and the figures of a run directory's results.csv.
+                  fills: Sequence[str] = (), command: str | None = None,
+                  num_resamples: int = 10_000) -> Reports:
+    """Table 1 per metric fill and the figures of a run directory's results.csv.
 
     table.md holds a title line (model, threshold, data, triplets), the
-    command if given, and `format_table`'s table; curves.png the mean
-    deletion/insertion curves of each method over its scored maps;
+    command if given, and `format_tables`'s tables: one Table 1 per metric
+    fill of the rows, under a heading naming it; curves.png the mean
+    deletion/insertion curves of each method over its scored maps (each
+    (method, fill) its own line, "method [fill]", when there are several
+    fills);
     convergence.png (with several S-RISE counts, from the maps kept in
     `out`/maps) each kept triplet's probe-vs-mate map at every count, as
     in the paper's Fig. 6.
@@ -47,6 +57,8 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
       model_label: the model's name for titles (`FaceModel.label`).
       labels: the methods in the table's order; methods of results.csv
         not named follow, sorted.
+      fills: the metric fills in the order of the tables; fills of
+        results.csv not named follow in order of appearance.
       command: the command line that made the run, quoted in table.md.
       num_resamples: bootstrap resamples of the intervals (`summarize`).
 
@@ -59,28 +71,35 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
     present = {row["method"] for row in rows}
     order = [label for label in labels if label in present]
     order += sorted(present - set(order))
-    table = summarize(rows, methods=order, num_resamples=num_resamples, seed=run["seed"])
+    by_fill = rows_by_fill(rows, fills=fills)
+    tables = {fill: summarize(fill_rows, methods=order, num_resamples=num_resamples,
+                              seed=run["seed"])
+              for fill, fill_rows in by_fill.items()}
     title = (f"{model_label}, threshold {run['threshold']:g}, data {run['data']}, "
              f"{run['num_triplets']} triplets")
     quoted = "" if command is None else f"Command: `{command}`\n\n"
-    text = f"# Deletion / Insertion benchmark\n\n{title}.\n\n{quoted}" + format_table(table)
+    text = f"# Deletion / Insertion benchmark\n\n{title}.\n\n{quoted}" + format_tables(tables)
     written = [out / "table.md", out / "curves.png"]
     with outputs.atomic_file(written[0]) as file:
         file.write(text.encode())
-    curves: dict[str, dict[str, list[list[float]]]] = {}
+    curves: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     for row in rows:
         if row["deletion_curve"]:
-            entry = curves.setdefault(row["method"], {"deletion": [], "insertion": []})
+            entry = curves.setdefault((row["method"], metric_fill(row)),
+                                      {"deletion": [], "insertion": []})
             for mode in ("deletion", "insertion"):
                 entry[mode].append([float(v) for v in row[f"{mode}_curve"].split()])
-    viz.plot_mean_curves({m: curves[m] for m in order if m in curves}, path=written[1],
+    named = {(m, f): (m if len(by_fill) == 1 else f"{m} [{f}]")
+             for f in by_fill for m in order}
+    viz.plot_mean_curves({named[key]: curves[key] for key in named if key in curves},
+                         path=written[1],
                          title=f"Deletion / insertion curves, mean over scored maps: {title}")
     figure_rows = _convergence_rows(out / "maps", order)
     if figure_rows:
         written.append(out / "convergence.png")
         viz.plot_convergence(figure_rows, path=written[-1],
                              title=f"S-RISE after N masks (Fig. 6), {model_label}")
-    return Reports(table, written)
+    return Reports(tables, written)
 
 
 def _convergence_rows(maps: Path, order: Sequence[str]) -> dict[str, tuple]:

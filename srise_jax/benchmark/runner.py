@@ -6,11 +6,19 @@
     table = benchmark.summarize(result.rows)
 
 A `Runner` opens a run directory (`store.start_run`, `store.open_results`),
-lists the (triplet, methods) still to run (`Runner.pending`) and runs them
-(`Runner.run`): each triplet's faces are loaded, each of its `Job`s (pair
-and side) explained by every method and, for a pair the model accepts,
-scored; its rows (`store.result_row`) are appended once the triplet is
-done. Progress goes to an optional callback; a triplet whose faces cannot
+lists the (triplet, method, metric fill) blocks still to run
+(`Runner.pending`) and runs them (`Runner.run`): each triplet's faces are
+loaded, each of its `Job`s (pair and side) explained by every method that
+has a block to run and, for a pair the model accepts, scored under each
+metric fill of those blocks; its rows (`store.result_row`) are appended
+once the triplet is done.
+
+Metric fills. `metric_fills` lists what replaces the removed pixels of
+Deletion/Insertion (`metrics.METRIC_FILLS`); each map is scored under each,
+one row per fill. A fill added to a finished run computes the maps again
+(same job and method keys: the same maps) to score them under the new fill;
+the rows already there are not touched. The "impute" fill's noise comes
+from `metric_key(job key, fill)`, so a rerun gives the same rows. Progress goes to an optional callback; a triplet whose faces cannot
 be loaded is skipped with a warning. Nothing here prints.
 
 Batches. With `triplet_batch` K > 1, K consecutive triplets that need the
@@ -43,6 +51,8 @@ from srise_jax.benchmark.methods import (
     MethodSet,
     job_key,
     make_score_fn,
+    metric_key,
+    parse_metric_fills,
     prepare_methods,
     triplet_similarities,
 )
@@ -121,12 +131,15 @@ class Pending(NamedTuple):
 
     Attributes:
       triplet: the triplet's index in the run.
-      methods: the labels of its (triplet, method) blocks not yet in the
-        results, in the run's order.
+      methods: the labels with a (triplet, method, metric fill) block not
+        yet in the results, in the run's order: their maps are computed.
+      blocks: those blocks' (label, metric fill), in the run's order
+        (methods, then fills): the maps are scored and rows written for these.
     """
 
     triplet: int
     methods: tuple[str, ...]
+    blocks: tuple[tuple[str, str], ...]
 
 
 class RunResult(NamedTuple):
@@ -155,6 +168,7 @@ class Runner:
       model: the face model.
       triplets: the run's triplets.
       methods: the `MethodSet` run.
+      metric_fills: the metric fills each map is scored with.
       out: the run directory.
       threshold: the match threshold on the cosine similarity.
       settings: run.json's settings (without the version).
@@ -167,8 +181,10 @@ class Runner:
                  seed: int = 0, batch_size: int = 64, metric_batch: int = 32,
                  metric_step: int | None = None, curve_points: int = 33,
                  explain_rejected: bool = False, save_maps: int = 2,
-                 triplet_batch: int = 1, process: int = 0, processes: int = 1):
+                 triplet_batch: int = 1, process: int = 0, processes: int = 1,
+                 metric_fills: str | Sequence[str] = ("mean",)):
         """Open a run directory; arguments as in `run_benchmark`."""
+        self.metric_fills = parse_metric_fills(metric_fills)
         if not isinstance(methods, MethodSet):
             methods = prepare_methods(model.embed_fn, methods, feature_fns=model.feature_fns,
                                       batch_size=batch_size)
@@ -187,29 +203,33 @@ class Runner:
         store.start_run(self.out, self.settings, self.triplets, write=process == 0)
         self.results, self._finished = store.open_results(self.out, process=process,
                                                           processes=processes)
-        score = make_score_fn(model.embed_fn, step=step, batch_size=metric_batch,
-                              num_points=curve_points)
-        self._batched = _Batched.make(methods.parts, score, triplet_batch)
+        scores = {fill: make_score_fn(model.embed_fn, step=step, batch_size=metric_batch,
+                                      num_points=curve_points, fill=fill)
+                  for fill in self.metric_fills}
+        self._batched = _Batched.make(methods.parts, scores, triplet_batch)
         self._key = jax.random.key(seed)
         self._faces = _Faces(data, model.image_size, model.template)
 
     @property
     def pending(self) -> tuple[Pending, ...]:
-        """This process's triplets (I, I + N, ...) with methods not yet in the results."""
+        """This process's triplets (I, I + N, ...) with blocks not yet in the results."""
         pending = []
         for t in range(self.process, len(self.triplets), self.processes):
-            todo = tuple(label for label in self.methods.labels
-                         if (t, label) not in self._finished)
-            if todo:
-                pending.append(Pending(t, todo))
+            blocks = tuple((label, fill) for label in self.methods.labels
+                           for fill in self.metric_fills
+                           if (t, label, fill) not in self._finished)
+            if blocks:
+                todo = tuple(dict.fromkeys(label for label, _ in blocks))
+                pending.append(Pending(t, todo, blocks))
         return tuple(pending)
 
     def run(self, *, progress: Callable[[int], Any] | None = None) -> RunResult:
         """Run what is pending, appending each triplet's rows once it is done.
 
         Args:
-          progress: called with the number of (triplet, method) blocks each
-            time some are done or skipped; they add up to the pending ones.
+          progress: called with the number of (triplet, method, metric fill)
+            blocks each time some are done or skipped; they add up to the
+            pending ones.
 
         Returns:
           The `RunResult`.
@@ -220,7 +240,7 @@ class Runner:
         """
         skipped = []
         for batch in _batches(self.pending, self.triplet_batch):
-            todo = batch[0].methods
+            todo, blocks = batch[0].methods, batch[0].blocks
             loaded = []
             for t in (entry.triplet for entry in batch):
                 names = self.triplets[t]
@@ -230,30 +250,31 @@ class Runner:
                     warnings.warn(f"triplet {t} skipped: {first_line(err)}", stacklevel=2)
                     skipped.append(t)
                     if progress is not None:
-                        progress(len(todo))
+                        progress(len(blocks))
                     continue
                 loaded.append(_Loaded(t, names, faces))
             if not loaded:
                 continue
-            for triplet, done in zip(loaded, self._run_batch(loaded, todo)):
+            for triplet, done in zip(loaded, self._run_batch(loaded, todo, blocks)):
                 store.append_rows(self.results, done.rows)
                 if triplet.index < self.save_maps:
                     store.save_maps(self.out / "maps" / f"triplet{triplet.index:03d}.npz",
                                     triplet.faces, done.maps)
-                self._finished.update((triplet.index, label) for label in todo)
+                self._finished.update((triplet.index, *block) for block in blocks)
                 if progress is not None:
-                    progress(len(todo))
+                    progress(len(blocks))
         return RunResult(store.read_rows(self.results), tuple(skipped))
 
-    def _run_batch(self, loaded: Sequence[_Loaded],
-                   todo: tuple[str, ...]) -> list[_TripletOutput]:
-        """Explain and score a batch of triplets for the methods in `todo`.
+    def _run_batch(self, loaded: Sequence[_Loaded], todo: tuple[str, ...],
+                   blocks: tuple[tuple[str, str], ...]) -> list[_TripletOutput]:
+        """Explain a batch of triplets with the methods in `todo`, score as `blocks` says.
 
         A pair the model rejects is not scored (see `srise_jax.benchmark`),
         so its maps are computed only with `explain_rejected`; its rows are
         written either way, with the similarity and empty metrics. In a
         batch, a job runs for all triplets if any needs it, and only the rows
-        and maps a one-triplet run would write are kept.
+        and maps a one-triplet run would write are kept. Each map is scored
+        under the fills its label has in `blocks`, one row per fill.
         """
         model = self.model
         similarity = [triplet_similarities(model.embed_fn, model.params, *triplet.faces)
@@ -268,7 +289,7 @@ class Runner:
             for side in SIDES:
                 jobs = [make_job(triplet.index, triplet.names, triplet.faces,
                                  pair=pair, side=side) for triplet in loaded]
-                found = (self._explain(jobs, needed, todo, score=any(match))
+                found = (self._explain(jobs, needed, todo, blocks, score=any(match))
                          if any(explained) else {})
                 for i, job in enumerate(jobs):
                     row = dict(triplet=job.triplet, pair=pair, side=side,
@@ -276,27 +297,34 @@ class Runner:
                                similarity=similarity[i][pair])
                     if not explained[i]:
                         outputs[i].rows.extend(
-                            store.result_row(**row, method=label, match=False,
+                            store.result_row(**row, method=label, metric_fill=fill,
+                                             match=False,
                                              iterations=self.methods.iterations[label])
-                            for label in todo)
+                            for label, fill in blocks)
                         continue
                     for label, maps in found.items():
                         outputs[i].maps[f"{label}/{pair}/{side}"] = maps.saliency[i]
-                        scores = ({name: value[i] for name, value in maps.scores.items()}
+                    for label, fill in blocks:
+                        maps = found[label]
+                        scores = ({name: value[i] for name, value in maps.scores[fill].items()}
                                   if match[i] else None)
                         outputs[i].rows.append(store.result_row(
-                            **row, method=label, iterations=self.methods.iterations[label],
+                            **row, method=label, metric_fill=fill,
+                            iterations=self.methods.iterations[label],
                             match=match[i], seconds=maps.seconds, scores=scores))
         return outputs
 
     def _explain(self, jobs: Sequence[Job], needed: Sequence[tuple[ExplainPart, Callable]],
-                 todo: tuple[str, ...], *, score: bool) -> dict[str, _Maps]:
-        """The maps of `todo` for one job of each triplet, and their scores if `score`."""
+                 todo: tuple[str, ...], blocks: tuple[tuple[str, str], ...], *,
+                 score: bool) -> dict[str, _Maps]:
+        """The maps of `todo` for one job of each triplet, and their `blocks`' scores if `score`."""
         params = self.model.params
         stacked = np.stack([job.image for job in jobs])
         references = np.stack([job.reference for job in jobs])
-        keys = jnp.stack([job_key(self._key, job.triplet, job.pair, job.side)
-                          for job in jobs])
+        job_keys = [job_key(self._key, job.triplet, job.pair, job.side) for job in jobs]
+        keys = jnp.stack(job_keys)
+        fill_keys = {fill: jnp.stack([metric_key(k, fill) for k in job_keys])
+                     for fill in dict.fromkeys(fill for _, fill in blocks)}
         found = {}
         for part, explain in needed:
             start = time.perf_counter()
@@ -306,11 +334,11 @@ class Runner:
                 if label not in todo:
                     continue
                 saliency = part_maps[label]
-                scores = (self._batched.score(params, stacked, references, saliency,
-                                              self.threshold) if score else None)
-                found[label] = _Maps(np.asarray(saliency), seconds,
-                                     None if scores is None else
-                                     jax.tree.map(np.asarray, scores))
+                scores = ({fill: jax.tree.map(np.asarray, self._batched.score[fill](
+                               params, stacked, references, saliency, self.threshold,
+                               fill_keys[fill]))
+                           for label_, fill in blocks if label_ == label} if score else None)
+                found[label] = _Maps(np.asarray(saliency), seconds, scores)
         return found
 
 
@@ -321,14 +349,17 @@ def run_benchmark(model: FaceModel, triplets: Sequence[protocols.Triplet],
                   metric_step: int | None = None, curve_points: int = 33,
                   explain_rejected: bool = False, save_maps: int = 2,
                   triplet_batch: int = 1, process: int = 0, processes: int = 1,
+                  metric_fills: str | Sequence[str] = ("mean",),
                   progress: Callable[[int], Any] | None = None) -> RunResult:
     """Run a benchmark into a run directory, resuming what it holds.
 
     Every method explains both sides of both pairs of every triplet; each
     map of a pair the model accepts is scored with Deletion, Insertion and
-    their AUCs (`make_score_fn`). Rows go to `out`/results.csv (`store`),
-    one triplet at a time; a rerun with the same settings runs only the
-    (triplet, method) blocks missing there. `summarize` makes Table 1 of the
+    their AUCs (`make_score_fn`) under each of `metric_fills`, one row per
+    fill. Rows go to `out`/results.csv (`store`), one triplet at a time; a
+    rerun with the same settings runs only the (triplet, method, metric fill)
+    blocks missing there (the metric fills may differ between runs: a fill
+    added to a finished run scores its maps, computed again, under that fill). `summarize` makes Table 1 of the
     rows, `write_reports` the run's table.md and figures.
 
     Args:
@@ -361,15 +392,20 @@ def run_benchmark(model: FaceModel, triplets: Sequence[protocols.Triplet],
         triplets process, process + processes, ... and appends to
         results.partI.csv (`store.merge_parts` merges the parts).
       processes: the number of processes of the run.
-      progress: called with the number of (triplet, method) blocks each
-        time some are done or skipped.
+      metric_fills: the fills of Deletion/Insertion (`metrics.METRIC_FILLS`),
+        a list or "mean,blur,impute"; default: the paper's mean fill alone.
+        The "impute" noise is drawn from
+        ``metric_key(job_key(jax.random.key(seed), triplet, pair, side), "impute")``
+        (`metric_key`), the same for every method of a job.
+      progress: called with the number of (triplet, method, metric fill)
+        blocks each time some are done or skipped.
 
     Returns:
       The `RunResult`: the rows of the results file, the skipped triplets.
 
     Raises:
       ValueError: `out` holds a run with other settings, a results file
-        that cannot be resumed, or bad methods.
+        that cannot be resumed, bad methods or an unknown metric fill.
 
     Warns:
       UserWarning: lines of a results file left out; a triplet skipped.
@@ -378,7 +414,8 @@ def run_benchmark(model: FaceModel, triplets: Sequence[protocols.Triplet],
                     batch_size=batch_size, metric_batch=metric_batch,
                     metric_step=metric_step, curve_points=curve_points,
                     explain_rejected=explain_rejected, save_maps=save_maps,
-                    triplet_batch=triplet_batch, process=process, processes=processes)
+                    triplet_batch=triplet_batch, process=process, processes=processes,
+                    metric_fills=metric_fills)
     return runner.run(progress=progress)
 
 
@@ -407,7 +444,8 @@ class _Maps(NamedTuple):
 
     saliency: np.ndarray
     seconds: float  # the part's time per triplet
-    scores: Mapping[str, np.ndarray] | None  # None: no pair of the batch is scored
+    # {fill: scores}; None: no pair of the batch is scored
+    scores: Mapping[str, Mapping[str, np.ndarray]] | None
 
 
 class _Batched(NamedTuple):
@@ -418,23 +456,28 @@ class _Batched(NamedTuple):
     """
 
     explain: tuple[Callable, ...]  # per part: (params, images, references, keys)
-    score: Callable  # (params, images, references, saliency, threshold)
+    # per fill: (params, images, references, saliency, threshold, keys)
+    score: Mapping[str, Callable]
 
     @classmethod
-    def make(cls, parts: Sequence[ExplainPart], score: Callable, size: int) -> _Batched:
+    def make(cls, parts: Sequence[ExplainPart], scores: Mapping[str, Callable],
+             size: int) -> _Batched:
         """Batches of one: the parts as they are. Larger: vmapped and sharded."""
-        explain_args, score_args = (False, True, True, True), (False, True, True, True, False)
+        explain_args = (False, True, True, True)
+        score_args = (False, True, True, True, False, True)
         if size == 1:
             return cls(tuple(_one_at_a_time(part.fn, explain_args) for part in parts),
-                       _one_at_a_time(score, score_args))
+                       {fill: _one_at_a_time(score, score_args)
+                        for fill, score in scores.items()})
         mesh = triplet_mesh(jax.local_devices())
         devices = mesh.shape[TRIPLET_AXIS]
         multiple = -(-size // devices) * devices
         explain = tuple(shard_over_triplets(part.fn, mesh, batched=explain_args,
                                             multiple=multiple)
                         for part in parts)
-        return cls(explain, shard_over_triplets(score, mesh, batched=score_args,
-                                                multiple=multiple))
+        return cls(explain, {fill: shard_over_triplets(score, mesh, batched=score_args,
+                                                       multiple=multiple)
+                             for fill, score in scores.items()})
 
 
 def _one_at_a_time(fn: Callable, batched: Sequence[bool]) -> Callable:
@@ -450,10 +493,10 @@ def _one_at_a_time(fn: Callable, batched: Sequence[bool]) -> Callable:
 
 
 def _batches(pending: Sequence[Pending], size: int) -> Iterator[list[Pending]]:
-    """Runs of at most `size` consecutive pending triplets that need the same methods."""
+    """Runs of at most `size` consecutive pending triplets that need the same blocks."""
     batch: list[Pending] = []
     for entry in pending:
-        if batch and (entry.methods != batch[0].methods or len(batch) == size):
+        if batch and (entry.blocks != batch[0].blocks or len(batch) == size):
             yield batch
             batch = []
         batch.append(entry)

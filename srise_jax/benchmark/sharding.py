@@ -56,7 +56,7 @@ def shard_over_triplets(fn: Callable, mesh: jax.sharding.Mesh, *,
         explain = shard_over_triplets(part.fn, mesh, batched=(False, True, True, True))
         maps = explain(params, images, references, keys)   # {label: (K, h, w)}
         score = shard_over_triplets(score_fn, mesh,
-                                    batched=(False, True, True, True, False))
+                                    batched=(False, True, True, True, False, True))
 
     Args:
       fn: a function of positional arguments, e.g. ``ExplainPart.fn``

@@ -1,12 +1,13 @@
 """The resumable store of a benchmark run: run.json, triplets.csv, results.csv, maps.
 
 A run directory holds `run.json` (what was asked), `triplets.csv`,
-`results.csv` (`COLUMNS`, one row per triplet, pair, side and method,
-appended one triplet at a time by `append_rows`) and `maps/tripletNNN.npz`.
-A rerun with the same settings (`start_run` checks them) keeps every
-complete (triplet, method) block and runs the rest (`open_results`), so an
-interrupted run loses at most the triplet in flight, and methods can be
-added to finished triplets. Each process of a distributed run appends to
+`results.csv` (`COLUMNS`, one row per triplet, pair, side, method and
+metric fill, appended one triplet at a time by `append_rows`) and
+`maps/tripletNNN.npz`. A rerun with the same settings (`start_run` checks
+them; the metric fills are not among them) keeps every complete (triplet,
+method, metric fill) block and runs the rest (`open_results`), so an
+interrupted run loses at most the triplet in flight, and methods and metric
+fills can be added to finished triplets. Each process of a distributed run appends to
 its own `results.partI.csv`; `merge_parts` folds them into results.csv.
 
 Lines a rerun leaves out of a results file (a block cut short by a kill,
@@ -34,26 +35,40 @@ from srise_jax import metrics, outputs, protocols
 from srise_jax.benchmark.methods import PAIRS, SIDES
 from srise_jax.benchmark.table import REJECTED
 
-COLUMNS = ("triplet", "pair", "side", "image", "reference", "method", "iterations",
-           "similarity", "match", "deletion", "insertion", "deletion_reason",
+COLUMNS = ("triplet", "pair", "side", "image", "reference", "method", "metric_fill",
+           "iterations", "similarity", "match", "deletion", "insertion", "deletion_reason",
            "insertion_reason", "deletion_auc", "insertion_auc", "seconds",
            "deletion_curve", "insertion_curve")
 
-# What results.csv held before the reason columns: its undefined fractions
-# can read 1.0 (Deletion that never flips), so its rows cannot be resumed.
-_COLUMNS_WITHOUT_REASONS = tuple(c for c in COLUMNS if not c.endswith("_reason"))
+# The fill every row was scored with before the metric_fill column existed.
+MEAN_FILL = "mean"
+
+# What results.csv held before the metric_fill column. Its rows were all
+# scored with the mean fill, whose definition has not changed, so they are
+# exactly the rows this version writes with metric_fill "mean": a rerun
+# migrates the file in place (rewritten atomically, with a warning saying
+# so) instead of refusing, which would throw away hours of finished maps.
+# Readers of rows (`summarize`, `rows_by_fill`) read a row without the column
+# as "mean" for the same reason; no row is ever given another fill.
+_COLUMNS_BEFORE_FILLS = tuple(c for c in COLUMNS if c != "metric_fill")
+
+# What results.csv held before the reason columns (and the metric_fill
+# column): its undefined fractions can read 1.0 (Deletion that never flips),
+# so its rows cannot be resumed.
+_COLUMNS_WITHOUT_REASONS = tuple(c for c in _COLUMNS_BEFORE_FILLS
+                                 if not c.endswith("_reason"))
 
 # Settings that must agree for a rerun to add to a directory's results.
 _RUN_KEYS = ("model", "weights", "data", "num_triplets", "seed", "threshold", "size",
              "metric_step", "curve_points", "ablation")
 
-# Rows per (triplet, method) block: one per pair and side.
+# Rows per (triplet, method, metric fill) block: one per pair and side.
 _BLOCK = len(PAIRS) * len(SIDES)
 
 
 def result_row(*, triplet: int, pair: str, side: str, image: str, reference: str,
                method: str, iterations: int | str, similarity: float, match: bool,
-               seconds: float | None = None,
+               metric_fill: str = MEAN_FILL, seconds: float | None = None,
                scores: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One results.csv row, its numbers formatted as the file holds them.
 
@@ -67,6 +82,7 @@ def result_row(*, triplet: int, pair: str, side: str, image: str, reference: str
       iterations: its "iterations" cell (`MethodSet.iterations`).
       similarity: the pair's cosine similarity.
       match: whether the model accepts the pair.
+      metric_fill: the fill the scores were computed with (`make_score_fn`).
       seconds: the map's time; None for a map not computed.
       scores: the map's scores (`make_score_fn`'s dict, as NumPy values);
         None for a pair the model rejects, which is not scored.
@@ -76,7 +92,8 @@ def result_row(*, triplet: int, pair: str, side: str, image: str, reference: str
       "" with its reason in "<metric>_reason" (`REJECTED` when not scored).
     """
     row = {"triplet": triplet, "pair": pair, "side": side, "image": image,
-           "reference": reference, "method": method, "iterations": iterations,
+           "reference": reference, "method": method, "metric_fill": metric_fill,
+           "iterations": iterations,
            "similarity": f"{similarity:.6f}", "match": int(match),
            "seconds": "" if seconds is None else f"{seconds:.3f}"}
     for metric in ("deletion", "insertion", "deletion_auc", "insertion_auc"):
@@ -135,23 +152,29 @@ class CompleteRows(NamedTuple):
     """A results file's rows that can be kept, and what was left out.
 
     Attributes:
-      kept: the rows of its complete (triplet, method) blocks, each job once.
+      kept: the rows of its complete (triplet, method, metric fill) blocks,
+        each (triplet, pair, side, method, metric fill) once.
       dropped: one phrase per kind of line left out; empty if none.
+      before_fills: the file was written before the metric_fill column; its
+        rows, all scored with the mean fill, are read with metric_fill "mean".
     """
 
     kept: list[dict[str, str]]
     dropped: list[str]
+    before_fills: bool = False
 
 
 def complete_rows(results: Path) -> CompleteRows:
-    """The rows of a results file's complete (triplet, method) blocks, each job once.
+    """The rows of a results file's complete (triplet, method, fill) blocks, each job once.
 
     A run killed while appending can leave a triplet's block cut short: a
     last line without its newline, and methods with fewer rows than jobs;
     those rows are left out (to be run again). Two runs appending to one
     file at once (possible before runs locked their directory) wrote every
     row twice and the header again: each job's first row is kept, so the
-    finished rows survive. The file is only read.
+    finished rows survive. A file written before the metric_fill column is
+    read with metric_fill "mean" (`CompleteRows.before_fills`). The file is
+    only read.
 
     Args:
       results: a results.csv (or a process's part); missing means empty.
@@ -160,27 +183,32 @@ def complete_rows(results: Path) -> CompleteRows:
       The `CompleteRows`, rows as `csv.DictReader` reads them.
 
     Raises:
-      ValueError: the file has other columns than `COLUMNS` (one written
-        before the reason columns is named as such), or a line that is not
-        a row of them.
+      ValueError: the file has other columns than `COLUMNS` or those before
+        the metric_fill column (one written before the reason columns is
+        named as such), or a line that is not a row of them.
     """
     if not results.exists():
         return CompleteRows([], [])
     text = results.read_text()
     body = text[:text.rfind("\n") + 1]
     reader = csv.DictReader(io.StringIO(body))
+    columns = COLUMNS
     if reader.fieldnames is not None and tuple(reader.fieldnames) != COLUMNS:
-        raise ValueError(_columns_error(results, reader.fieldnames))
+        if tuple(reader.fieldnames) != _COLUMNS_BEFORE_FILLS:
+            raise ValueError(_columns_error(results, reader.fieldnames))
+        columns = _COLUMNS_BEFORE_FILLS
     rows, seen = [], set()
     headers = duplicates = 0
     for row in reader:
-        if tuple(row.values()) == COLUMNS:
+        if tuple(row.values()) == columns:
             headers += 1
             continue
         if None in row or None in row.values() or not row["triplet"].isdigit():
             raise ValueError(f"{results}: line {reader.line_num} is not a row of "
-                             f"{len(COLUMNS)} columns with a triplet number")
-        job = (row["triplet"], row["pair"], row["side"], row["method"])
+                             f"{len(columns)} columns with a triplet number")
+        if columns != COLUMNS:
+            row = {column: row.get(column, MEAN_FILL) for column in COLUMNS}
+        job = (row["triplet"], row["pair"], row["side"], row["method"], row["metric_fill"])
         if job in seen:
             duplicates += 1
             continue
@@ -196,13 +224,14 @@ def complete_rows(results: Path) -> CompleteRows:
         dropped.append(f"{headers} repeated header line(s)")
     unfinished = sorted(key for key, count in counts.items() if count != _BLOCK)
     if unfinished:
-        named = ", ".join(f"triplet {t} {method}" for t, method in unfinished[:3])
+        named = ", ".join(f"triplet {t} {method}" + ("" if fill == MEAN_FILL else f" ({fill})")
+                          for t, method, fill in unfinished[:3])
         more = f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else ""
         dropped.append(f"the {len(rows) - len(kept)} row(s) of {len(unfinished)} "
                        f"unfinished (triplet, method) block(s) ({named}{more}), to run again")
     if body != text:
         dropped.append("a last line cut short")
-    return CompleteRows(kept, dropped)
+    return CompleteRows(kept, dropped, columns != COLUMNS)
 
 
 def _columns_error(results: Path, columns: Sequence[str]) -> str:
@@ -215,9 +244,9 @@ def _columns_error(results: Path, columns: Sequence[str]) -> str:
     return f"{results}: unexpected columns {list(columns)}; expected {list(COLUMNS)}"
 
 
-def _keys(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, str]]:
-    """(triplet, method) of each row."""
-    return [(int(row["triplet"]), row["method"]) for row in rows]
+def _keys(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, str, str]]:
+    """(triplet, method, metric fill) of each row."""
+    return [(int(row["triplet"]), row["method"], row["metric_fill"]) for row in rows]
 
 
 def _warn_dropped(results: Path, found: CompleteRows) -> None:
@@ -227,18 +256,31 @@ def _warn_dropped(results: Path, found: CompleteRows) -> None:
                       f"kept {len(found.kept)} row(s)", stacklevel=3)
 
 
-def _finished(results: Path) -> set[tuple[int, str]]:
-    """(triplet, method) blocks complete in a results file, which keeps only those.
+def _finished(results: Path) -> set[tuple[int, str, str]]:
+    """(triplet, method, fill) blocks complete in a results file, which keeps only those.
 
     The lines `complete_rows` leaves out are removed (the file is rewritten
     atomically, and a warning says what went) and the unfinished blocks run
-    again, so no row is ever written twice and no finished row is lost.
+    again, so no row is ever written twice and no finished row is lost. A
+    file written before the metric_fill column is rewritten with it (every
+    row "mean", the fill it was scored with), with a warning, before any
+    row is appended.
     """
     found = complete_rows(results)
+    if found.before_fills:
+        _warn_migrated(results)
     if found.dropped:
         _warn_dropped(results, found)
+    if found.dropped or found.before_fills:
         _write_rows(results, found.kept)
     return set(_keys(found.kept))
+
+
+def _warn_migrated(results: Path) -> None:
+    """Say that a results file without the metric_fill column is read as the mean fill's."""
+    warnings.warn(f"{results}: written before the metric_fill column; its rows were all "
+                  f"scored with the mean fill, so they are kept as metric_fill "
+                  f"{MEAN_FILL!r} (the file is rewritten with the column)", stacklevel=3)
 
 
 def _write_rows(results: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -256,8 +298,8 @@ class OpenResults(NamedTuple):
 
     Attributes:
       path: results.csv, or results.partI.csv for process I of several.
-      finished: the (triplet, method) blocks complete in any results file
-        of the run directory.
+      finished: the (triplet, method, metric fill) blocks complete in any
+        results file of the run directory.
     """
 
     path: Path
@@ -311,8 +353,9 @@ def merge_parts(out: Path) -> None:
 
     Rows are sorted by triplet; a stable sort keeps each triplet's rows in
     the order they were written, which is a single-process run's order. A
-    (triplet, pair, side, method) row found twice is kept once; lines
-    `complete_rows` leaves out are dropped with a warning.
+    (triplet, pair, side, method, metric fill) row found twice is kept once;
+    lines `complete_rows` leaves out are dropped with a warning; files
+    written before the metric_fill column are read as the mean fill's.
 
     Args:
       out: the run directory; without parts, nothing is done.
@@ -321,7 +364,8 @@ def merge_parts(out: Path) -> None:
       ValueError: as `complete_rows`.
 
     Warns:
-      UserWarning: a results file had lines that were left out.
+      UserWarning: a results file had lines that were left out, or was
+        written before the metric_fill column.
     """
     parts = _part_files(out)
     if not parts:
@@ -329,9 +373,12 @@ def merge_parts(out: Path) -> None:
     merged, seen = [], set()
     for path in [out / "results.csv", *parts]:
         found = complete_rows(path)
+        if found.before_fills:
+            _warn_migrated(path)
         _warn_dropped(path, found)
         for row in found.kept:
-            job = (int(row["triplet"]), row["pair"], row["side"], row["method"])
+            job = (int(row["triplet"]), row["pair"], row["side"], row["method"],
+                   row["metric_fill"])
             if job not in seen:
                 seen.add(job)
                 merged.append(row)

@@ -4,6 +4,13 @@ Pure computation on rows (mappings, as `results.csv` holds them or as
 numbers): `summarize` averages each method's Deletion, Insertion, their
 average and the AUCs with 95% bootstrap intervals that resample distinct
 pairs (`pair_identity`); `format_table` prints the paper's Table 1.
+
+One table per metric fill: a row's "metric_fill" says what replaced the
+removed pixels when it was scored (`metrics.METRIC_FILLS`; a row without
+the column, written before it existed, was scored with the mean fill).
+Scores under different fills are different measurements, so `summarize`
+refuses rows of several fills; `rows_by_fill` splits them and
+`format_tables` prints one Table 1 per fill under a heading naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,18 @@ REJECTED = metrics.UNDEFINED_REASONS[0]  # "rejected", as metrics names it
 NO_REASON = "no_reason_given"
 _NO_REASON_TEXT = "NaN or empty, and the row gives no reason"
 
+# The fill of a row without a "metric_fill" (one written before the column
+# existed: every such row was scored with the paper's mean fill).
+DEFAULT_FILL = "mean"
+
+# What each metric fill puts in place of a removed pixel, for the headings.
+FILL_TEXT = {
+    "mean": "removed pixels take the image's per-channel mean (the paper's)",
+    "blur": "removed pixels take a strong Gaussian blur of the image",
+    "impute": "removed pixels take ROAD's noisy linear imputation from their kept "
+              "neighbours (Rong et al., ICML 2022)",
+}
+
 # The keys `summarize` reads from every row.
 _ROW_KEYS = ("method", "image", "reference", "match", "deletion", "insertion")
 
@@ -53,6 +72,40 @@ def pair_identity(row: Mapping[str, Any]) -> frozenset[str]:
       either side.
     """
     return frozenset((str(row["image"]), str(row["reference"])))
+
+
+def metric_fill(row: Mapping[str, Any]) -> str:
+    """The metric fill a result row was scored with.
+
+    Args:
+      row: a result row.
+
+    Returns:
+      Its "metric_fill"; `DEFAULT_FILL` ("mean") for a row without one (a
+      results.csv written before the column: those rows were all scored with
+      the mean fill).
+    """
+    return str(row.get("metric_fill") or DEFAULT_FILL)
+
+
+def rows_by_fill(rows: Iterable[Mapping[str, Any]], *,
+                 fills: Sequence[str] = ()) -> dict[str, list[Mapping[str, Any]]]:
+    """Result rows split by metric fill (`metric_fill`), each fill's rows in order.
+
+    Args:
+      rows: result rows.
+      fills: the fills in the order wanted; fills of the rows not named
+        follow in order of appearance. A named fill without rows is left out.
+
+    Returns:
+      {fill: its rows}.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(metric_fill(row), []).append(row)
+    order = [fill for fill in fills if fill in groups]
+    order += [fill for fill in groups if fill not in order]
+    return {fill: groups[fill] for fill in order}
 
 
 def _number(value: Any) -> float:
@@ -115,6 +168,9 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
     all-mean images), so every method with finite maps is averaged over the
     same rows. Each AUC is a mean over the scored rows where it is defined.
 
+    The rows must share one metric fill (`metric_fill`): scores under
+    different fills are not averaged together (`rows_by_fill` splits them).
+
     Intervals: a percentile bootstrap over distinct pairs (`pair_identity`:
     the same two images, in any triplet, on either side), each resample
     recomputing the mean over its pairs' rows; with fewer than two pairs
@@ -122,8 +178,8 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
 
     Args:
       rows: result rows: mappings with "method", "image", "reference",
-        "match", "deletion", "insertion" and optionally "iterations",
-        "deletion_reason", "insertion_reason", "deletion_auc",
+        "match", "deletion", "insertion" and optionally "metric_fill",
+        "iterations", "deletion_reason", "insertion_reason", "deletion_auc",
         "insertion_auc"; numbers or CSV strings, empty meaning NaN.
       methods: labels in the table's order; default: order of appearance.
       num_resamples: bootstrap resamples of the pairs.
@@ -133,7 +189,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
         so a method's interval does not depend on the other methods.
 
     Returns:
-      One dict per method: "method", "iterations"; for each metric of
+      One dict per method: "method", "metric_fill", "iterations"; for each metric of
       `FRACTIONS` and `AUCS`: "<metric>" (mean), "<metric>_low",
       "<metric>_high", "<metric>_n" (rows in the mean; one count for the
       three `FRACTIONS`) and "<metric>_pairs" (distinct pairs among them:
@@ -142,13 +198,19 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
       counted under both.
 
     Raises:
-      ValueError: a row lacks one of the keys above that are not optional.
+      ValueError: a row lacks one of the keys above that are not optional,
+        or the rows are of several metric fills.
     """
     by_method: dict[str, dict[str, Any]] = {}
+    fills: dict[str, None] = {}
     for number, row in enumerate(rows):
         missing = [key for key in _ROW_KEYS if key not in row]
         if missing:
             raise ValueError(f"result row {number}: no {', '.join(map(repr, missing))}")
+        fills[metric_fill(row)] = None
+        if len(fills) > 1:
+            raise ValueError(f"result rows of several metric fills ({', '.join(fills)}): "
+                             f"summarize each fill's rows (rows_by_fill)")
         entry = by_method.setdefault(row["method"], {
             "iterations": row.get("iterations", ""), "excluded": collections.Counter(),
             "values": {metric: [] for metric in FRACTIONS + AUCS}})
@@ -174,7 +236,8 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
         if label not in by_method:
             continue
         entry = by_method[label]
-        line: dict[str, Any] = {"method": label, "iterations": entry["iterations"]}
+        line: dict[str, Any] = {"method": label, "metric_fill": next(iter(fills)),
+                                "iterations": entry["iterations"]}
         for metric in FRACTIONS + AUCS:
             rng = np.random.default_rng([seed, zlib.crc32(f"{label}/{metric}".encode())])
             interval = _mean_ci(entry["values"][metric], num_resamples=num_resamples,
@@ -260,3 +323,27 @@ def format_table(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) -> 
                     else metrics.REASON_TEXT.get(reason, _NO_REASON_TEXT))
             lines.append(f"- {exclusion}: {text}")
     return "\n".join(lines) + "\n"
+
+
+def format_tables(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
+                  level: float = 0.95) -> str:
+    """Markdown: one Table 1 per metric fill, each under a heading naming its fill.
+
+    Args:
+      tables: {metric fill: `summarize`'s table of that fill's rows}, in
+        the order to print.
+      level: the interval level `summarize` used, for the captions.
+
+    Returns:
+      For each fill: "## Table 1, metric fill: <fill>", a line saying what
+      the fill puts in place of removed pixels, and `format_table`'s table;
+      sections separated by a blank line.
+    """
+    sections = []
+    for fill, table in tables.items():
+        text = FILL_TEXT.get(fill, "")
+        sections.append(f"## Table 1, metric fill: {fill}\n\n"
+                        + (f"Deletion and Insertion with the {fill} fill: {text}.\n\n"
+                           if text else "")
+                        + format_table(table, level=level))
+    return "\n".join(sections)

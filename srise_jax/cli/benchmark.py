@@ -1,19 +1,28 @@
 """`srise-jax benchmark`: the paper's Table 1 from the command line.
 
     srise-jax benchmark --data sample|DIR [--model dlib|arcface --weights DIR]
-        [--methods srise@500,gradient,...] [--num-triplets 50] [--triplet-batch K]
-        --out DIR
+        [--methods srise@500,gradient,...] [--metric-fill mean,blur,impute]
+        [--num-triplets 50] [--triplet-batch K] --out DIR
     srise-jax benchmark --ablation --data DIR --out DIR
     srise-jax benchmark --distributed --coordinator HOST:PORT --num-processes N
         --process-id I --data DIR --out DIR        (one command per process)
 
 A benchmark directory holds `run.json` (what was asked), `triplets.csv`,
-`results.csv` (one row per triplet, pair, side and method, appended triplet by
-triplet), `table.md` (Table 1), `curves.png`, `convergence.png` and
-`maps/tripletNNN.npz` for the first triplets. A rerun with the same settings
-skips the (triplet, method) rows already written, so an interrupted run
-loses at most the triplet in flight; new methods are added to finished
-triplets. A run holds a lock on the directory (`.lock`, naming its pid, host
+`results.csv` (one row per triplet, pair, side, method and metric fill,
+appended triplet by triplet), `table.md` (one Table 1 per metric fill),
+`curves.png`, `convergence.png` and `maps/tripletNNN.npz` for the first
+triplets. A rerun with the same settings skips the (triplet, method, metric
+fill) rows already written, so an interrupted run loses at most the triplet
+in flight; new methods and new metric fills are added to finished triplets
+(a new fill computes the maps again, with the same keys, to score them).
+
+`--metric-fill` says what replaces the removed pixels of Deletion and
+Insertion: "mean" (the paper's, the default), "blur", "impute" (ROAD's
+noisy linear imputation; its noise is drawn from
+`benchmark.metric_key(job key, "impute")`, so a rerun gives the same rows),
+or several, comma-separated: each map is scored under each. A results.csv
+written before the metric_fill column is kept as the mean fill's (its rows
+were scored with it) and rewritten with the column, saying so on stderr. A run holds a lock on the directory (`.lock`, naming its pid, host
 and start time): a second run on it fails at once. Lines a rerun leaves out
 of results.csv (a cut block, duplicates) are named on stderr; finished rows
 are kept.
@@ -59,7 +68,7 @@ import jax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from srise_jax import ablation, benchmark, models, outputs, protocols
+from srise_jax import ablation, benchmark, metrics, models, outputs, protocols
 from srise_jax._helpers import first_line
 from srise_jax.cli import common
 
@@ -79,7 +88,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                     "and the deletion/insertion AUCs, and write OUT/results.csv (one row "
                     "per triplet, pair, side, method), OUT/table.md (Table 1 with 95%% "
                     "bootstrap intervals over distinct pairs), OUT/curves.png and "
-                    "OUT/convergence.png. Rerunning with the same OUT resumes. "
+                    "OUT/convergence.png; with several --metric-fill, one Table 1 per "
+                    "fill. Rerunning with the same OUT resumes. "
                     "--triplet-batch spreads batches of triplets over the devices; "
                     "--distributed spreads the triplets over processes on several hosts.")
     common.add_model_options(bench)
@@ -91,6 +101,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--methods", default=",".join(benchmark.DEFAULT_METHODS),
                        help="comma-separated explainers, name or name@N (masks, samples "
                             "or steps) (default: %(default)s)")
+    bench.add_argument("--metric-fill", default="mean",
+                       help="comma-separated fills of the removed pixels of Deletion and "
+                            f"Insertion, from {', '.join(metrics.METRIC_FILLS)}: "
+                            "'mean' the image's mean colour (the paper's), 'blur' a strong "
+                            "Gaussian blur, 'impute' ROAD's noisy linear imputation; each "
+                            "map is scored under each, one Table 1 per fill; a rerun may "
+                            "add fills (default: %(default)s)")
     bench.add_argument("--num-triplets", type=common.positive_int,
                        help=f"triplets drawn from DIR (default: {_DEFAULT_NUM_TRIPLETS}; "
                             "with --data sample: all nine)")
@@ -180,6 +197,7 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         settings = _settings_grid(args.settings)
     else:
         methods = benchmark.parse_methods(args.methods)
+    metric_fills = benchmark.parse_metric_fills(args.metric_fill)
     common.model_name(args)  # a wrong --model/--weights fails before anything runs
     triplets = _triplets(args)
     process, processes = _start_processes(args)
@@ -198,15 +216,19 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             seed=args.seed, batch_size=args.batch_size, metric_batch=args.metric_batch,
             metric_step=args.metric_step, curve_points=args.curve_points,
             explain_rejected=args.explain_rejected, save_maps=args.save_maps,
-            triplet_batch=args.triplet_batch, process=process, processes=processes)
+            triplet_batch=args.triplet_batch, process=process, processes=processes,
+            metric_fills=metric_fills)
     pending = runner.pending
     where = f" (process {process} of {processes})" if processes > 1 else ""
+    fills = (f" x {len(metric_fills)} metric fills ({', '.join(metric_fills)})"
+             if len(metric_fills) > 1 else
+             "" if metric_fills == ("mean",) else f" (metric fill {metric_fills[0]})")
     print(f"{model.label}, threshold {runner.threshold:g}: {len(triplets)} triplets x "
-          f"{len(runner.methods.labels)} methods; {len(pending)} triplets to run{where}",
-          flush=True)
+          f"{len(runner.methods.labels)} methods{fills}; {len(pending)} triplets to "
+          f"run{where}", flush=True)
     # Warnings (triplets skipped) print once the bar is closed.
-    with common.warning_lines(), tqdm(total=sum(len(p.methods) for p in pending),
-                                      desc="benchmark", unit="method", file=sys.stderr,
+    with common.warning_lines(), tqdm(total=sum(len(p.blocks) for p in pending),
+                                      desc="benchmark", unit="block", file=sys.stderr,
                                       disable=None) as bar:
         skipped = len(runner.run(progress=bar.update).skipped)
     if skipped:
@@ -220,10 +242,10 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         with common.warning_lines():
             benchmark.merge_parts(out)
     reports = benchmark.write_reports(out, model_label=model.label,
-                                      labels=runner.methods.labels,
+                                      labels=runner.methods.labels, fills=metric_fills,
                                       command=" ".join([common.PROG, *sys.argv[1:]]),
                                       num_resamples=args.bootstrap)
-    print(benchmark.format_table(reports.table))
+    print(benchmark.format_tables(reports.tables))
     print(f"wrote {', '.join(str(path) for path in reports.paths)}")
     return 1 if skipped else 0
 
