@@ -183,7 +183,44 @@ class Runner:
                  explain_rejected: bool = False, save_maps: int = 2,
                  triplet_batch: int = 1, process: int = 0, processes: int = 1,
                  metric_fills: str | Sequence[str] = ("mean",)):
-        """Open a run directory; arguments as in `run_benchmark`."""
+        """Open a run directory (what `run_benchmark` runs).
+
+        Args:
+          model: the face model (`srise_jax.models.load`): its embed_fn,
+            params, threshold, crop size and template, feature_fns (Grad-CAM)
+            and settings (for run.json) are used.
+          triplets: the run's triplets: entries of `protocols.sample_protocol`
+            (``data=SAMPLE``) or paths relative to `data` (`dataset_triplets`).
+          methods: labels as `parse_methods` reads them, `Method`s, or a
+            `MethodSet` (`prepare_methods`, `srise_jax.ablation.prepare_grid`).
+          out: the run directory (made if needed).
+          data: `SAMPLE` (the bundled sample photos) or the dataset folder the
+            entries are relative to; photos there are detected and aligned.
+          threshold: the match threshold on the cosine similarity; None: the
+            model's.
+          seed: the run's key (`jax.random.key(seed)`, then `job_key`).
+          batch_size: forward-pass batch of the perturbation explainers (unused
+            when `methods` is a `MethodSet`).
+          metric_batch: forward-pass batch of Deletion/Insertion.
+          metric_step: the coarse step of the exact fractions' search; None:
+            the crop's side (the square root of its pixel count).
+          curve_points: points of each AUC curve.
+          explain_rejected: also explain the pairs the model rejects (never
+            scored; otherwise their rows hold only the similarity).
+          save_maps: keep the faces and maps of the first `save_maps` triplets
+            in `out`/maps/tripletNNN.npz.
+          triplet_batch: triplets explained and scored at once, sharded over
+            the local devices (see `shard_over_triplets` for what changes).
+          process: this process's index in a distributed run: it takes the
+            triplets process, process + processes, ... and appends to
+            results.partI.csv (`store.merge_parts` merges the parts).
+          processes: the number of processes of the run.
+          metric_fills: the fills of Deletion/Insertion (`metrics.METRIC_FILLS`),
+            a list or "mean,blur,impute"; default: the paper's mean fill alone.
+            The "impute" noise is drawn from
+            ``metric_key(job_key(jax.random.key(seed), triplet, pair, side), "impute")``
+            (`metric_key`), the same for every method of a job.
+        """
         self.metric_fills = parse_metric_fills(metric_fills)
         if not isinstance(methods, MethodSet):
             methods = prepare_methods(model.embed_fn, methods, feature_fns=model.feature_fns,
@@ -344,13 +381,7 @@ class Runner:
 
 def run_benchmark(model: FaceModel, triplets: Sequence[protocols.Triplet],
                   methods: MethodSet | str | Sequence[Method], out: str | os.PathLike, *,
-                  data: str | os.PathLike = SAMPLE, threshold: float | None = None,
-                  seed: int = 0, batch_size: int = 64, metric_batch: int = 32,
-                  metric_step: int | None = None, curve_points: int = 33,
-                  explain_rejected: bool = False, save_maps: int = 2,
-                  triplet_batch: int = 1, process: int = 0, processes: int = 1,
-                  metric_fills: str | Sequence[str] = ("mean",),
-                  progress: Callable[[int], Any] | None = None) -> RunResult:
+                  progress: Callable[[int], Any] | None = None, **options: Any) -> RunResult:
     """Run a benchmark into a run directory, resuming what it holds.
 
     Every method explains both sides of both pairs of every triplet; each
@@ -363,40 +394,9 @@ def run_benchmark(model: FaceModel, triplets: Sequence[protocols.Triplet],
     rows, `write_reports` the run's table.md and figures.
 
     Args:
-      model: the face model (`srise_jax.models.load`): its embed_fn,
-        params, threshold, crop size and template, feature_fns (Grad-CAM)
-        and settings (for run.json) are used.
-      triplets: the run's triplets: entries of `protocols.sample_protocol`
-        (``data=SAMPLE``) or paths relative to `data` (`dataset_triplets`).
-      methods: labels as `parse_methods` reads them, `Method`s, or a
-        `MethodSet` (`prepare_methods`, `srise_jax.ablation.prepare_grid`).
-      out: the run directory (made if needed).
-      data: `SAMPLE` (the bundled sample photos) or the dataset folder the
-        entries are relative to; photos there are detected and aligned.
-      threshold: the match threshold on the cosine similarity; None: the
-        model's.
-      seed: the run's key (`jax.random.key(seed)`, then `job_key`).
-      batch_size: forward-pass batch of the perturbation explainers (unused
-        when `methods` is a `MethodSet`).
-      metric_batch: forward-pass batch of Deletion/Insertion.
-      metric_step: the coarse step of the exact fractions' search; None:
-        the crop's side (the square root of its pixel count).
-      curve_points: points of each AUC curve.
-      explain_rejected: also explain the pairs the model rejects (never
-        scored; otherwise their rows hold only the similarity).
-      save_maps: keep the faces and maps of the first `save_maps` triplets
-        in `out`/maps/tripletNNN.npz.
-      triplet_batch: triplets explained and scored at once, sharded over
-        the local devices (see `shard_over_triplets` for what changes).
-      process: this process's index in a distributed run: it takes the
-        triplets process, process + processes, ... and appends to
-        results.partI.csv (`store.merge_parts` merges the parts).
-      processes: the number of processes of the run.
-      metric_fills: the fills of Deletion/Insertion (`metrics.METRIC_FILLS`),
-        a list or "mean,blur,impute"; default: the paper's mean fill alone.
-        The "impute" noise is drawn from
-        ``metric_key(job_key(jax.random.key(seed), triplet, pair, side), "impute")``
-        (`metric_key`), the same for every method of a job.
+      model, triplets, methods, out, **options: as in `Runner` (data,
+        threshold, seed, batch sizes, metric step and fills, sharding and
+        processes).
       progress: called with the number of (triplet, method, metric fill)
         blocks each time some are done or skipped.
 
@@ -410,13 +410,7 @@ def run_benchmark(model: FaceModel, triplets: Sequence[protocols.Triplet],
     Warns:
       UserWarning: lines of a results file left out; a triplet skipped.
     """
-    runner = Runner(model, triplets, methods, out, data=data, threshold=threshold, seed=seed,
-                    batch_size=batch_size, metric_batch=metric_batch,
-                    metric_step=metric_step, curve_points=curve_points,
-                    explain_rejected=explain_rejected, save_maps=save_maps,
-                    triplet_batch=triplet_batch, process=process, processes=processes,
-                    metric_fills=metric_fills)
-    return runner.run(progress=progress)
+    return Runner(model, triplets, methods, out, **options).run(progress=progress)
 
 
 # ----------------------------------------------------------------------------
