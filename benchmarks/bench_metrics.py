@@ -36,7 +36,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from srise_jax import metrics

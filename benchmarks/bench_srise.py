@@ -2,6 +2,7 @@
 
     python benchmarks/bench_srise.py                       # r18, r50 and dlib, N=500
     python benchmarks/bench_srise.py --models r18 --num-masks 128 --repeats 3
+    python benchmarks/bench_srise.py --models dlib --variants    # issue 14's options
 
 For each model (iResNet-18/50 with random weights drawn by
 tests/torch_iresnet.py and converted by weights_conversion.arcface; dlib's
@@ -30,6 +31,14 @@ and the ratios: kernel / floor (target <= 1.10), masks' share of the kernel
 (target >= 1.25) and torch sequential / kernel. torch runs with as many
 threads as XLA's CPU client uses (every core the process may run on).
 Absolute times on a shared CPU are noise; the ratios are the result.
+
+The kernel and the PyTorch reference use the same absolute patch sizes
+(`reference_side=None`: kernel 40, sigma 7 at every image size), as the
+reference makes them. `--variants` instead times `srise_triplet` with each of
+`VARIANTS` (the library's default with patches scaled to the image, and each
+option of issue 14: control variates, antithetic pairs, stratified centres,
+multi-scale patches, per-mask random fills, all of them together) against
+the same forward floor, interleaved, and prints kernel / floor per variant.
 """
 
 from __future__ import annotations
@@ -61,6 +70,19 @@ from torch_iresnet import TorchIResNet, randomize_  # noqa: E402
 
 # XLA's CPU client runs one intra-op thread per core the process may use.
 THREADS = len(os.sched_getaffinity(0))
+
+# `--variants`: SRiseConfig options timed against the forward floor.
+VARIANTS = {
+    "default (scaled patches)": {},
+    "absolute patches": {"reference_side": None},
+    "normalize=regression": {"normalize": "regression"},
+    "antithetic": {"antithetic": True},
+    "centres=stratified": {"centres": "stratified"},
+    "scales=0.5,1,2": {"scales": (0.5, 1.0, 2.0)},
+    "fill=mixed": {"fill": "mixed"},
+    "all of them": {"normalize": "regression", "antithetic": True, "centres": "stratified",
+                    "scales": (0.5, 1.0, 2.0), "fill": "mixed"},
+}
 
 
 def best_time(fn, repeats: int) -> float:
@@ -143,7 +165,7 @@ def check_parity(embed_fn, params, net, triplet, key) -> tuple[float, float]:
         torch_emb = net(_nchw(images)).numpy()
     emb_diff = float(np.abs(np.asarray(jax.jit(embed_fn)(params, images)) - torch_emb).max())
     # 6 masks at batch 4: one full chunk and a remainder, as at N=500.
-    config = srise_jax.SRiseConfig(num_masks=6, batch_size=4)
+    config = srise_jax.SRiseConfig(num_masks=6, batch_size=4, reference_side=None)
     out = jax.jit(srise_jax.srise_triplet, static_argnums=(0, 6))(
         embed_fn, params, probe, mate, nonmate, key, config)
     jax_maps = [out.mate.saliency_a, out.mate.saliency_b, out.nonmate.saliency_a,
@@ -154,6 +176,54 @@ def check_parity(embed_fn, params, net, triplet, key) -> tuple[float, float]:
     map_diff = max(float(np.abs(np.asarray(j) - t.numpy()).max())
                    for j, t in zip(jax_maps, torch_maps))
     return emb_diff, map_diff
+
+
+def make_floor(embed_fn, params, size: int, *, num_masks: int, batch_size: int, seed: int):
+    """The floor: every forward pass the kernel makes, as plain jitted calls (compiled here)."""
+    embed = jax.jit(embed_fn)
+    sizes = [batch_size] * (num_masks // batch_size)
+    if num_masks % batch_size:
+        sizes.append(num_masks % batch_size)
+    # 2 pairs x 2 masked images each, then the references (2 + 2 + 3).
+    shapes = sizes * 4 + [2, 2, 3]
+    rng = np.random.default_rng(seed)
+    inputs = [jnp.asarray(rng.uniform(size=(b, size, size, 3)), jnp.float32)
+              for b in shapes]
+    for b in sorted(set(shapes)):
+        jax.block_until_ready(embed(params, inputs[shapes.index(b)]))
+    return lambda: [embed(params, x) for x in inputs]
+
+
+def bench_variants(name: str, *, num_masks: int, batch_size: int, repeats: int,
+                   seed: int = 0) -> None:
+    """Print kernel / floor for each of `VARIANTS`, timed interleaved with the floor."""
+    embed_fn, params, _, size = _models(name, seed)
+    key = jax.random.key(seed)
+    k_img, k_run = jax.random.split(key)
+    probe, mate, nonmate = (np.asarray(x) for x in jax.random.uniform(k_img, (3, size, size, 3)))
+    run_floor = make_floor(embed_fn, params, size, num_masks=num_masks,
+                           batch_size=batch_size, seed=seed)
+    kernels = {}
+    for label, options in VARIANTS.items():
+        cfg = srise_jax.SRiseConfig(num_masks=num_masks, batch_size=batch_size, **options)
+        compiled = jax.jit(srise_jax.srise_triplet, static_argnums=(0, 6)).lower(
+            embed_fn, params, probe, mate, nonmate, k_run, cfg).compile()
+        kernels[label] = (compiled, compiled.memory_analysis().temp_size_in_bytes)
+    times = {label: [] for label in ["floor", *kernels]}
+    for _ in range(repeats):
+        for label, (compiled, _) in kernels.items():
+            times["floor"].append(best_time(run_floor, 1))
+            times[label].append(best_time(
+                lambda: compiled(params, probe, mate, nonmate, k_run), 1))
+    floor = min(times["floor"])
+    print(f"\n{name}, N = {num_masks}, batch {batch_size}: floor {4 * num_masks / floor:.1f} "
+          f"masked fwd/s (best of {len(times['floor'])}, one before each kernel call)")
+    print("| variant | kernel fwd/s | kernel / floor (<= 1.10) | XLA temp |")
+    print("|---|---|---|---|")
+    for label, (_, temp) in kernels.items():
+        t = min(times[label])
+        print(f"| {label} | {4 * num_masks / t:.1f} | {t / floor:.3f} | "
+              f"{temp / 2**20:.0f} MiB |", flush=True)
 
 
 def bench_model(name: str, *, num_masks: int, batch_size: int, repeats: int,
@@ -168,9 +238,10 @@ def bench_model(name: str, *, num_masks: int, batch_size: int, repeats: int,
           f"max |saliency JAX - torch reference| {map_diff:.2e} (6 masks, same centres)",
           flush=True)
 
-    config = srise_jax.SRiseConfig(num_masks=num_masks, batch_size=batch_size)
+    config = srise_jax.SRiseConfig(num_masks=num_masks, batch_size=batch_size,
+                                   reference_side=None)
     shared = srise_jax.SRiseConfig(num_masks=num_masks, batch_size=batch_size,
-                                   share_probe_masks=True)
+                                   share_probe_masks=True, reference_side=None)
     # Compiled ahead of time: a warm-up call would run all 4N forwards.
     def compile_kernel(cfg):
         return jax.jit(srise_jax.srise_triplet, static_argnums=(0, 6)).lower(
@@ -181,18 +252,9 @@ def bench_model(name: str, *, num_masks: int, batch_size: int, repeats: int,
     xla_bytes = (stats.temp_size_in_bytes + stats.argument_size_in_bytes
                  + stats.output_size_in_bytes)
 
-    # The floor: every forward pass the kernel makes, as plain calls.
-    embed = jax.jit(embed_fn)
-    sizes = [batch_size] * (num_masks // batch_size)
-    if num_masks % batch_size:
-        sizes.append(num_masks % batch_size)
-    # 2 pairs x 2 masked images each, then the references (2 + 2 + 3).
-    shapes = sizes * 4 + [2, 2, 3]
+    run_floor = make_floor(embed_fn, params, size, num_masks=num_masks,
+                           batch_size=batch_size, seed=seed)
     rng = np.random.default_rng(seed)
-    inputs = [jnp.asarray(rng.uniform(size=(b, size, size, 3)), jnp.float32)
-              for b in shapes]
-    for b in sorted(set(shapes)):
-        jax.block_until_ready(embed(params, inputs[shapes.index(b)]))
 
     mask_fn = jax.jit(jax.vmap(lambda k: masks_lib.gaussian_mask(
         k, (size, size), num_patches=config.num_patches,
@@ -221,7 +283,6 @@ def bench_model(name: str, *, num_masks: int, batch_size: int, repeats: int,
 
     run_kernel = lambda: kernel(params, probe, mate, nonmate, k_run)
     run_shared = lambda: kernel_shared(params, probe, mate, nonmate, k_run)
-    run_floor = lambda: [embed(params, x) for x in inputs]
     run_masks = lambda: [mask_fn(c) for c in chunks]
     run_seq = lambda: torch_reference.srise_pair_sequential(net, probe, mate, seq_centres)
 
@@ -261,8 +322,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seq-images", type=int, default=64,
                         help="masked images the sequential torch loop runs (extrapolated)")
+    parser.add_argument("--variants", action="store_true",
+                        help="time the kernel with each of VARIANTS against the floor instead")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    if args.variants:
+        for name in args.models:
+            bench_variants(name, num_masks=args.num_masks, batch_size=args.batch_size,
+                           repeats=args.repeats)
+        return
     print(f"# bench_srise  {datetime.date.today()}  {platform.machine()}  "
           f"{jax.device_count()} x {jax.devices()[0].device_kind}  "
           f"jax {jax.__version__}  torch {torch.__version__}  "

@@ -4,9 +4,14 @@ The paper fixes N = 500 masks of 100 Gaussian patches (kernel 40, sigma 7)
 and the estimator H = sum_i s_i M_i on I * M_i (section 3.2), but not how
 patches combine into a mask, nor what replaces the masked-out pixels, nor
 whether the sum is normalised. `GRID` varies one choice at a time from the
-`paper` preset (plus one combination, the `mean_fill` preset), and `srise-jax benchmark --ablation`
-scores every setting with Deletion/Insertion on the same triplets and the
-same patch centres (one key for all settings: a paired comparison).
+`paper` preset (plus one combination, the `mean_fill` preset), then one
+option at a time from the library's default `SRiseConfig()` (patches scaled
+to the image, coverage): the control-variate estimators, antithetic masks,
+stratified centres, multi-scale patches and the explainer's own fill, drawn
+per mask included. `srise-jax benchmark --ablation` scores every setting
+with Deletion/Insertion (under each `--metric-fill`) on the same triplets
+and the same patch centres where the patches agree (one key for all
+settings: a paired comparison).
 
 Not in the grid: sharing masks between the two sides of a pair. The paper
 shares them (step 2 of its algorithm) and so does `srise_pair`; but each map

@@ -17,9 +17,15 @@ from typing import Any
 from srise_jax import masks as masks_lib
 
 # The estimators `normalize` selects (see `SRiseConfig`).
-NORMALIZE = ("coverage", "none")
-# The fills computed from the image itself (see `SRiseConfig.fill`).
-FILLS = ("mean", "blur")
+NORMALIZE = ("coverage", "none", "centred", "regression")
+# The fills computed from the image itself (see `SRiseConfig.fill`); the
+# last two are drawn afresh for each mask.
+FILLS = ("mean", "blur", "noise", "mixed")
+# Fills that need a key per mask (the kernel takes it from the mask's own).
+RANDOM_FILLS = ("noise", "mixed")
+# Patch sizes are given for this image side unless `reference_side` says
+# otherwise: the paper's 112x112 crops (section 4.1.2).
+PAPER_SIDE = 112
 # What replaces masked-out pixels: a value, one per channel, or one of FILLS.
 Fill = float | tuple[float, float, float] | str
 
@@ -57,7 +63,8 @@ class SRiseConfig:
     """Options of `srise_triplet` (hashable: pass it as a static argument).
 
     The defaults take the paper's masks (section 4.1.2: 500 masks of 100
-    Gaussian patches, kernel 40, sigma 7, a fresh set for each pair) and
+    Gaussian patches, kernel 40, sigma 7 on a 112-pixel side, scaled to the
+    image by `reference_side`, a fresh set for each pair) and
     this library's estimator, which is NOT the paper's: coverage
     normalisation (`normalize="coverage"`) where the paper takes the plain
     weighted sum (section 3.2.2, `normalize="none"`), with black fill (the
@@ -65,7 +72,8 @@ class SRiseConfig:
 
     Why coverage: the patches are clipped at the border, so the masks' mean
     value is 0.71 at the centre of a 112x112 image and 0.41 in its corners
-    (0.58 and 0.28 on dlib's 150x150 chips; 2000 masks, key 0). The plain
+    (0.58 and 0.28 on dlib's 150x150 chips with the same absolute
+    patches; 2000 masks, key 0). The plain
     sum sum_i s_i M_i therefore carries that centre prior whatever the
     model does; dividing by sum_i M_i, pixel by pixel, leaves the mean
     score of the masks that kept the pixel. (RISE divides by the constant
@@ -81,19 +89,39 @@ class SRiseConfig:
       fill: what replaces the masked-out part of the image: a value (scalar,
         or one per channel; the paper's image * mask is 0), "mean" (the
         image's per-channel mean, what Deletion/Insertion fill with) or
-        "blur" (the image blurred by a Gaussian of sigma = max(H, W) / 20).
+        "blur" (the image blurred by a Gaussian of sigma = max(H, W) / 20);
+        drawn per mask: "noise" (the image's per-channel mean plus Gaussian
+        noise of its per-channel standard deviation, a field shifted afresh
+        for each mask: `srise.fill_noise`) or "mixed" (per mask, one of "mean", "blur" and "noise" at
+        random), so that no single fill is the one the masks were made with.
       combine: how a mask's patches combine: "max", "sum" (clipped) or
         "occlude" (see `masks.gaussian_mask`).
       compute_dtype: dtype of the masked images handed to `embed_fn` (e.g.
         jnp.bfloat16, with a model built for it: `load_dlib(dtype=...)`,
         `load_arcface(..., dtype=...)`); None keeps float32. Scores, mask
         sums and saliency accumulate in float32 either way.
-      normalize: "coverage" for sum_i s_i M_i / sum_i M_i (the mean score of
-        the masks that keep each pixel, free of the masks' border bias; see
-        above), "none" for the paper's plain sum.
+      normalize: the estimator (`srise.finalize`): "coverage" for sum_i s_i
+        M_i / sum_i M_i (the mean score of the masks that keep each pixel,
+        free of the masks' border bias; see above), "none" for the paper's
+        plain sum; two control variates: "centred", sum_i (s_i - mean s) M_i
+        / N (the masks' mean score subtracted), and "regression", the
+        per-pixel least-squares slope of s_i on M_i(x) (a per-pixel
+        baseline: sum_i (s_i - mean s) M_i(x) / sum_i (M_i(x) - mean
+        M(x))**2).
       share_probe_masks: if True, both pairs use the same masks and the
         probe's masked embeddings serve both (3N forward passes instead of 4N);
         the mate pair's maps are then identical to the default's.
+      reference_side: `kernel_size` and `sigma` are in pixels of an image
+        whose larger side is this (default 112, the paper's crops) and are
+        scaled to the image's larger side (`patch_size`), so a 150x150 chip
+        is perturbed as strongly as a 112x112 crop; None takes them as
+        absolute pixels (the `paper` preset).
+      centres: patch centres "uniform" (the paper's) or "stratified" (one
+        per cell of a jittered grid: `masks.patch_centres`).
+      scales: patch scales used in turn, mask by mask (multi-scale; scale s
+        has sigma * s and num_patches / s**2 patches: `masks.srise_mask_fn`).
+      antithetic: masks come in complementary pairs (M, 1 - M) sharing one
+        key, so every pixel is kept by exactly one unit of each pair.
     """
 
     num_masks: int = 500
@@ -106,6 +134,10 @@ class SRiseConfig:
     share_probe_masks: bool = False
     combine: str = "max"
     compute_dtype: Any = None
+    reference_side: int | None = PAPER_SIDE
+    centres: str = "uniform"
+    scales: tuple[float, ...] = (1.0,)
+    antithetic: bool = False
 
     def __post_init__(self) -> None:
         if self.num_masks < 1 or self.batch_size < 1:
@@ -117,6 +149,30 @@ class SRiseConfig:
         if self.combine not in masks_lib.COMBINE:
             raise ValueError(f"combine must be one of {masks_lib.COMBINE}, got "
                              f"{self.combine!r}")
+        if self.reference_side is not None and (
+                not isinstance(self.reference_side, int) or self.reference_side < 1):
+            raise ValueError(f"reference_side must be a positive int or None, got "
+                             f"{self.reference_side!r}")
+        if self.centres not in masks_lib.CENTRES:
+            raise ValueError(f"centres must be one of {masks_lib.CENTRES}, got "
+                             f"{self.centres!r}")
+        masks_lib.check_scales(self.scales)
+
+    def patch_size(self, shape: tuple[int, int]) -> tuple[int, float]:
+        """(kernel_size, sigma) in pixels for masks of `shape`.
+
+        Args:
+          shape: (H, W) of the image.
+
+        Returns:
+          `kernel_size` and `sigma` times max(H, W) / `reference_side`
+          (the kernel rounded, at least 1), or both unchanged when
+          `reference_side` is None.
+        """
+        if self.reference_side is None:
+            return self.kernel_size, self.sigma
+        factor = max(shape) / self.reference_side
+        return max(1, round(self.kernel_size * factor)), self.sigma * factor
 
 
 def config_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -517,7 +517,11 @@ def _replacement(image, fill, key):
         return lambda removed: values
     if key is None:
         key = jax.random.key(fills.DEFAULT_IMPUTE_SEED)
-    return jax.vmap(lambda removed: fills.noisy_linear_impute(image, removed, key=key))
+    field = fills.IMPUTE_NOISE * jax.random.normal(key, image.shape, jnp.float32)
+    # A batch's counts ascend, so consecutive removed sets differ by a few
+    # pixels: each solve starts from the previous one (`linear_impute_sequence`),
+    # and the noise is `noisy_linear_impute`'s, one field for every count.
+    return lambda removed: fills.linear_impute_sequence(image, removed) + field
 
 
 def _changed_images(image, rank, replace, counts, *, insert: bool) -> jax.Array:

@@ -42,6 +42,7 @@ __all__ = [
     "NORMALIZE", "PRESETS", "PairSaliency", "SRiseConfig", "SaliencySums",
     "TripletSaliency", "add_sums", "finalize", "finalize_triplet", "masked_sums",
     "normalize_jointly", "srise_pair", "srise_triplet", "triplet_sums",
+    "config_masks", "config_sources", "fill_noise",
 ]
 
 # The options live in `srise_jax.config` and the named settings in
@@ -93,28 +94,86 @@ class SaliencySums(NamedTuple):
       scores: Float[Array, "j n"], s_ji for the masks of the range.
       similarity: Float[Array, "j"], cos(embed(t_j), embed(r_j)), unmasked
         (the same for every range of masks).
+      coverage_sq: Float[Array, "h w"], sum_i M_i**2 (the "regression"
+        estimator's denominator); None in sums built by hand before it existed.
     """
 
     weighted: jax.Array
     coverage: jax.Array
     scores: jax.Array
     similarity: jax.Array
+    coverage_sq: jax.Array | None = None
 
 
-def _fill_for(image: jax.Array, fill: Fill) -> jax.Array:
-    """The fill of `image`'s masked-out pixels: broadcastable to (H, W, C)."""
-    if isinstance(fill, str):
-        return image.mean((0, 1)) if fill == "mean" else fills.gaussian_blur(image)
-    return jnp.asarray(fill, image.dtype)
+# The "noise" fill's base field: `normal(key(FILL_NOISE_SEED), (H, W, C))`.
+FILL_NOISE_SEED = 0
+
+
+def fill_noise(shape: tuple[int, int, int], keys: jax.Array) -> jax.Array:
+    """The standard normal fields of the "noise" fill, one per mask key.
+
+    Mask k's field is one fixed i.i.d. field (`FILL_NOISE_SEED`) cyclically
+    shifted by an offset (dy, dx) drawn uniformly from
+    `jax.random.fold_in(k, 1)`: every pixel's value is a fresh draw of the
+    field for each mask, at the cost of two random integers per mask instead
+    of H * W * C normals (which took a fifth of a dlib forward pass).
+
+    Args:
+      shape: (H, W, C) of the image.
+      keys: (B,) the masks' keys.
+
+    Returns:
+      Float[Array, "b h w c"], field b = roll(base, (-dy_b, -dx_b)).
+    """
+    height, width, _ = shape
+    base = jax.random.normal(jax.random.key(FILL_NOISE_SEED), shape, jnp.float32)
+    tiled = jnp.tile(base, (2, 2, 1))
+
+    def shifted(k: jax.Array) -> jax.Array:
+        dy, dx = jax.random.randint(jax.random.fold_in(k, 1), (2,), 0,
+                                    jnp.array([height, width]))
+        return jax.lax.dynamic_slice(tiled, (dy, dx, 0), shape)
+
+    return jax.vmap(shifted)(keys)
+
+
+def _fill_for(image: jax.Array, fill: Fill, keys: jax.Array | None) -> jax.Array:
+    """The fill of `image`'s masked-out pixels: broadcastable to (B, H, W, C).
+
+    The random fills draw from each mask's key folded with a constant, so a
+    mask's fill is as reproducible as the mask, whatever the chunking.
+    """
+    if not isinstance(fill, str):
+        return jnp.asarray(fill, image.dtype)
+    mean = image.mean((0, 1))
+    if fill == "mean":
+        return mean
+    if fill == "blur":
+        return fills.gaussian_blur(image)
+    std = image.std((0, 1))
+    noisy = mean + std * fill_noise(image.shape, keys).astype(image.dtype)
+    if fill == "noise":
+        return noisy
+    kind = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 2), (), 0, 3))(keys)
+    kind = kind[:, None, None, None]
+    return jnp.where(kind == 0, mean, jnp.where(kind == 1, fills.gaussian_blur(image), noisy))
 
 
 def _apply_mask(image: jax.Array, masks: jax.Array, fill: Fill,
-                compute_dtype: DTypeLike | None = None) -> jax.Array:
+                compute_dtype: DTypeLike | None = None,
+                keys: jax.Array | None = None) -> jax.Array:
     """image (H,W,C), masks (B,H,W) -> (B,H,W,C): image * m + fill * (1 - m)."""
     m = masks[..., None].astype(image.dtype)
-    fill = _fill_for(image, fill)
+    fill = _fill_for(image, fill, keys)
     out = image[None] * m + fill * (1.0 - m)
     return out if compute_dtype is None else out.astype(compute_dtype)
+
+
+def _is_keyed(sources: PyTree) -> bool:
+    """Whether `sources` are `masks.mask_sources`' (keys, index), as random fills need."""
+    return (isinstance(sources, tuple) and len(sources) == 2
+            and jax.dtypes.issubdtype(getattr(sources[0], "dtype", None),
+                                      jax.dtypes.prng_key))
 
 
 def _sums(embed_fn: EmbedFn, params: PyTree, targets: jax.Array, ref_units: jax.Array,
@@ -137,29 +196,34 @@ def _sums(embed_fn: EmbedFn, params: PyTree, targets: jax.Array, ref_units: jax.
       make_masks: per-chunk inputs -> (B, H, W) masks.
 
     Returns:
-      (weighted (J, H, W), coverage (H, W), scores (J, N)).
+      (weighted (J, H, W), coverage (H, W), coverage_sq (H, W), scores (J, N)).
     """
     height, width = targets.shape[1:3]
+    keyed = isinstance(fill, str) and fill in config_lib.RANDOM_FILLS
 
-    def chunk(carry: tuple[jax.Array, jax.Array], inputs: tuple[PyTree, jax.Array]
-              ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-        weighted, coverage = carry
+    def chunk(carry: tuple[jax.Array, jax.Array, jax.Array],
+              inputs: tuple[PyTree, jax.Array]
+              ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
+        weighted, coverage, coverage_sq = carry
         source, ok = inputs
         m = make_masks(source).astype(jnp.float32) * ok[:, None, None]
-        units = [_unit(embed_fn(params, _apply_mask(t, m, fill, compute_dtype)))
+        keys = source[0] if keyed else None
+        units = [_unit(embed_fn(params, _apply_mask(t, m, fill, compute_dtype, keys)))
                  for t in targets]
         # scores[j, i] = cos(embed(target_j * M_i), reference_j)
         scores = jnp.stack([units[t] @ ref_units[j]
                             for j, t in enumerate(job_targets)])
         flat = m.reshape(m.shape[0], height * width)
-        # Padding masks are all zero, so they add nothing to either sum.
+        # Padding masks are all zero, so they add nothing to any sum.
         weighted = weighted + scores @ flat
         coverage = coverage + flat.sum(0)
-        return (weighted, coverage), scores
+        coverage_sq = coverage_sq + (flat * flat).sum(0)
+        return (weighted, coverage, coverage_sq), scores
 
     num = valid.shape[0]
     full = num // batch_size * batch_size
     carry = (jnp.zeros((len(job_targets), height * width), jnp.float32),
+             jnp.zeros((height * width,), jnp.float32),
              jnp.zeros((height * width,), jnp.float32))
     scores = []
     if full:
@@ -173,9 +237,9 @@ def _sums(embed_fn: EmbedFn, params: PyTree, targets: jax.Array, ref_units: jax.
         carry, rest = chunk(carry, jax.tree.map(lambda x: x[full:],
                                                 (sources, valid)))
         scores.append(rest)
-    weighted, coverage = carry
+    weighted, coverage, coverage_sq = carry
     return (weighted.reshape(-1, height, width), coverage.reshape(height, width),
-            jnp.concatenate(scores, axis=1))
+            coverage_sq.reshape(height, width), jnp.concatenate(scores, axis=1))
 
 
 def masked_sums(
@@ -220,8 +284,10 @@ def masked_sums(
         "b h w"] in [0, 1]: e.g. `masks.gaussian_mask_fn(shape, ...)` for
         keys, `lambda m: m` for masks.
       batch_size: masked images per `embed_fn` call (masks per chunk).
-      fill: masked-out pixels: a value (scalar or per channel), "mean" or
-        "blur" (as in `SRiseConfig`).
+      fill: masked-out pixels: a value (scalar or per channel), "mean",
+        "blur", or one drawn per mask, "noise" or "mixed" (as in
+        `SRiseConfig`); these two need `sources` = `masks.mask_sources`'
+        (keys, index) and draw from each mask's key.
       mesh: if given, the masks are split over all of its devices.
       compute_dtype: dtype of the masked images given to `embed_fn`; None
         keeps the targets' dtype. Sums accumulate in float32 either way.
@@ -229,11 +295,18 @@ def masked_sums(
     Returns:
       SaliencySums over the N masks: weighted Float[Array, "j h w"],
       coverage Float[Array, "h w"], scores Float[Array, "j n"], similarity
-      Float[Array, "j"].
+      Float[Array, "j"], coverage_sq Float[Array, "h w"].
+
+    Raises:
+      ValueError: an unknown fill, a random fill without keyed sources, or
+        batch_size < 1.
     """
     config_lib.check_fill(fill)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(fill, str) and fill in config_lib.RANDOM_FILLS and not _is_keyed(sources):
+        raise ValueError(f"fill {fill!r} is drawn per mask from the mask's key: sources must be "
+                         f"masks.mask_sources(key, N) (keys, index), not given masks")
     units = _unit(embed_fn(params, targets))
     ref_units = jnp.stack([units[r] for _, r in pairs])
     job_targets = tuple(t for t, _ in pairs)
@@ -245,7 +318,7 @@ def masked_sums(
                              batch_size=batch_size, fill=fill,
                              compute_dtype=compute_dtype)
     if mesh is None:
-        weighted, coverage, scores = body(sources, jnp.ones((num,), jnp.float32))
+        weighted, coverage, coverage_sq, scores = body(sources, jnp.ones((num,), jnp.float32))
     else:
         axes = tuple(mesh.axis_names)
         # Equal shares per device; the padding (< mesh.size masks, copies of
@@ -256,23 +329,23 @@ def masked_sums(
         valid = (jnp.arange(padded) < num).astype(jnp.float32)
 
         def per_device(src: PyTree, ok: jax.Array
-                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
-            w, c, s = body(src, ok)
+                       ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+            w, c, c2, s = body(src, ok)
             # The scores come back whole (they are small: jobs x N floats):
             # an explicit-axes mesh refuses to slice the padding off an array
             # still sharded over a mask axis that N does not divide.
-            return (jax.lax.psum(w, axes), jax.lax.psum(c, axes),
+            return (jax.lax.psum(w, axes), jax.lax.psum(c, axes), jax.lax.psum(c2, axes),
                     jax.lax.all_gather(s, axes, axis=1, tiled=True))
 
         sharded = jax.shard_map(
             per_device, mesh=mesh, in_specs=(P(axes), P(axes)),
-            out_specs=(P(), P(), P()),
+            out_specs=(P(), P(), P(), P()),
             # The scan's zero carry is device-invariant, its updates vary per
             # device; the psum above makes the outputs invariant again.
             check_vma=False)
-        weighted, coverage, scores = sharded(
+        weighted, coverage, coverage_sq, scores = sharded(
             *(_split_over(x, mesh, axes) for x in (sources, valid)))
-    return SaliencySums(weighted, coverage, scores[:, :num], similarity)
+    return SaliencySums(weighted, coverage, scores[:, :num], similarity, coverage_sq)
 
 
 def _split_over(x: jax.Array, mesh: Mesh, axes: tuple[str, ...]) -> jax.Array:
@@ -294,10 +367,21 @@ def finalize(sums: SaliencySums, *, normalize: str) -> jax.Array:
       sums: `masked_sums` over all N masks (ranges combined with `add_sums`).
       normalize: "coverage": sum_i s_ji M_i / sum_i M_i, the mean score of
         the masks that keep each pixel (a pixel no mask touched gets the mean
-        score of all masks); "none": the paper's plain sum sum_i s_ji M_i.
+        score of all masks); "none": the paper's plain sum sum_i s_ji M_i;
+        "centred": sum_i (s_ji - mean_i s_ji) M_i / N, the plain sum with
+        the masks' mean score as control variate (no centre prior from the
+        masks' coverage); "regression": per pixel, the least-squares slope
+        of s_ji on M_i(x), sum_i (s_ji - mean s) M_i(x) / (sum_i M_i(x)**2 -
+        (sum_i M_i(x))**2 / N), a per-pixel baseline that also divides out
+        how much the masks vary there (a pixel whose mask value never varies
+        gets 0: no evidence either way).
 
     Returns:
       Float[Array, "j h w"], one map per job.
+
+    Raises:
+      ValueError: unknown `normalize`, or "regression" on sums without
+        `coverage_sq`.
 
     References:
       Lu and Ebrahimi, arXiv:2304.06118, section 3.2.2.
@@ -305,8 +389,20 @@ def finalize(sums: SaliencySums, *, normalize: str) -> jax.Array:
     config_lib.check_normalize(normalize)
     if normalize == "none":
         return sums.weighted
-    # A pixel no mask touched carries no information: give it the mean score.
     mean = sums.scores.mean(-1)[:, None, None]
+    if normalize in ("centred", "regression"):
+        num = sums.scores.shape[-1]
+        centred = sums.weighted - mean * sums.coverage
+        if normalize == "centred":
+            return centred / num
+        if sums.coverage_sq is None:
+            raise ValueError("normalize='regression' needs the sums' coverage_sq "
+                             "(sums from masked_sums have it)")
+        spread = sums.coverage_sq - sums.coverage**2 / num
+        # Float32 cancellation leaves ~1e-7 * N where the masks never vary.
+        varies = spread > 1e-6 * num
+        return jnp.where(varies, centred / jnp.where(varies, spread, 1.0), 0.0)
+    # A pixel no mask touched carries no information: give it the mean score.
     covered = sums.coverage > 0
     return jnp.where(covered, sums.weighted / jnp.where(covered, sums.coverage, 1.0),
                      mean)
@@ -365,6 +461,44 @@ def srise_pair(
     return _pair_from(sums, (0, 1), config.normalize)
 
 
+def config_masks(config: SRiseConfig, shape: tuple[int, int]
+                 ) -> Callable[[tuple[jax.Array, jax.Array]], jax.Array]:
+    """The mask maker of `config` for images of `shape` (`masks.srise_mask_fn`).
+
+    The patch size is `config.patch_size(shape)` (scaled from
+    `reference_side`), with the config's centres, scales, antithetic pairs
+    and combination rule.
+
+    Args:
+      config: the S-RISE settings.
+      shape: (H, W) of the images.
+
+    Returns:
+      `make(sources)`, sources from `config_sources` (or a slice of them).
+    """
+    kernel_size, sigma = config.patch_size(shape)
+    return masks_lib.srise_mask_fn(
+        shape, num_patches=config.num_patches, kernel_size=kernel_size, sigma=sigma,
+        combine=config.combine, centres=config.centres, scales=config.scales,
+        antithetic=config.antithetic)
+
+
+def config_sources(config: SRiseConfig, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The N per-mask inputs (keys, index) of `config_masks` from one key.
+
+    Without antithetic pairs, mask i's key is `jax.random.split(key, N)[i]`,
+    as `masks.gaussian_masks` draws it.
+
+    Args:
+      config: the S-RISE settings (`num_masks`, `antithetic`).
+      key: a `jax.random` key.
+
+    Returns:
+      (keys (N,), index (N,) int32), `masks.mask_sources`'.
+    """
+    return masks_lib.mask_sources(key, config.num_masks, antithetic=config.antithetic)
+
+
 def triplet_sums(
     embed_fn: EmbedFn,
     params: PyTree,
@@ -407,16 +541,15 @@ def triplet_sums(
         raise ValueError(f"need 0 <= start < start + count <= num_masks, got "
                          f"start {start}, count {count}, num_masks "
                          f"{config.num_masks}")
-    make = masks_lib.gaussian_mask_fn(
-        probe.shape[:2], num_patches=config.num_patches,
-        kernel_size=config.kernel_size, sigma=config.sigma, combine=config.combine)
-    run = functools.partial(masked_sums, embed_fn, params, make_masks=make,
+    run = functools.partial(masked_sums, embed_fn, params,
+                            make_masks=config_masks(config, probe.shape[:2]),
                             batch_size=config.batch_size, fill=config.fill,
                             compute_dtype=config.compute_dtype,
                             mesh=mesh)
     key_mate, key_nonmate = jax.random.split(key)
-    keys = lambda k: jax.lax.dynamic_slice_in_dim(
-        jax.random.split(k, config.num_masks), start, count)
+    keys = lambda k: jax.tree.map(
+        lambda x: jax.lax.dynamic_slice_in_dim(x, start, count),
+        config_sources(config, k))
     if config.share_probe_masks:
         targets = jnp.stack([probe, mate, nonmate])
         return (run(targets, ((0, 1), (1, 0), (0, 2), (2, 0)), keys(key_mate)),)
@@ -435,9 +568,11 @@ def add_sums(x: SaliencySums, y: SaliencySums) -> SaliencySums:
       SaliencySums of masks [i, k): weighted and coverage summed, scores
       concatenated along the mask axis, the (unmasked) similarity kept.
     """
+    coverage_sq = (None if x.coverage_sq is None or y.coverage_sq is None
+                   else x.coverage_sq + y.coverage_sq)
     return SaliencySums(x.weighted + y.weighted, x.coverage + y.coverage,
                         jnp.concatenate([x.scores, y.scores], axis=-1),
-                        x.similarity)
+                        x.similarity, coverage_sq)
 
 
 def finalize_triplet(
@@ -455,7 +590,7 @@ def finalize_triplet(
       *deprecated: the old call `finalize_triplet(embed_fn, params, probe,
         mate, nonmate, sums)`, which still works with a DeprecationWarning:
         the sums now carry the similarities it embedded the images for.
-      normalize: "coverage" or "none", as in `SRiseConfig`.
+      normalize: an estimator of `NORMALIZE`, as in `SRiseConfig`.
 
     Returns:
       TripletSaliency, equal to `srise_triplet`'s with the same key and config.

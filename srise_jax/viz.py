@@ -1,4 +1,4 @@
-"""Figures: a triplet's S-RISE maps, any explainer's maps, Deletion/Insertion curves, convergence, sanity.
+"""Figures: S-RISE and other maps, curves, Table 1 per metric fill, convergence, sanity.
 
 The functions build `matplotlib.figure.Figure` objects directly, without
 pyplot: no display is needed, the global backend is left alone, and no figure
@@ -13,12 +13,13 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 from matplotlib import cm, colors, ticker
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from srise_jax import metrics, srise
 from srise_jax.metrics import MetricResult
@@ -42,6 +43,8 @@ _PANEL_INCHES = 2.3
 _NOTE_CHARS = 40
 # Characters of a small-font caption per inch of figure width.
 _CAPTION_CHARS_PER_INCH = 11
+# Characters of a figure title (font size "large") per inch of figure width.
+_TITLE_CHARS_PER_INCH = 8
 _NOTE_LINE_INCHES = 0.15
 _DPI = 100
 
@@ -129,7 +132,9 @@ def plot_triplet(
         whether the model accepts each pair.
       roles: the names of the three faces, e.g. ("probe", "mate", "probe
         with a surgical mask").
-      normalize: "coverage" or "none", as the maps were computed.
+      normalize: an estimator of `srise.NORMALIZE`, as the maps were
+        computed ("none", "centred" and "regression" maps are shown scaled
+        to [0, 1] jointly).
 
     Returns:
       The figure. The overlays carry the map name as their gid; the level
@@ -142,7 +147,7 @@ def plot_triplet(
         masked scores' range (plain sums: pass normalize="none").
     """
     if normalize not in srise.NORMALIZE:
-        raise ValueError(f"normalize must be 'coverage' or 'none', got {normalize!r}")
+        raise ValueError(f"normalize must be one of {srise.NORMALIZE}, got {normalize!r}")
     roles = tuple(roles)
     if len(roles) != 3 or not all(isinstance(role, str) for role in roles):
         raise ValueError(f"roles must name the three faces, got {roles!r}")
@@ -163,8 +168,10 @@ def plot_triplet(
         joint = srise.normalize_jointly(triplet)
         shown = {name: np.asarray(saliency, np.float32)
                  for name, (_, _, saliency) in triplet_maps(probe, mate, nonmate, joint).items()}
-        label = ("plain sum of score-weighted masks (the paper's estimator), "
-                 "scaled to [0, 1] jointly over the four maps")
+        label = ("plain sum of score-weighted masks (the paper's estimator)"
+                 if normalize == "none" else
+                 f"control-variate map (normalize={normalize!r})") + \
+            ", scaled to [0, 1] jointly over the four maps"
     faces = dict(zip(ROLES, (probe, mate, nonmate)))
     by_face = dict(zip(ROLES, roles))
     # An undefined score's reason is a phrase: wrapped to the panel's width.
@@ -431,6 +438,137 @@ def plot_mean_curves(
     panels["deletion"].set_ylabel("mean cosine similarity to the intact reference")
     if title is not None:
         figure.suptitle(title)
+    if path is not None:
+        save_png(figure, path)
+    return figure
+
+
+# What each Table 1 metric measures, under `plot_fill_summary`'s panels,
+# and which way is better.
+_METRIC_AXIS = {
+    "deletion": "Deletion fraction, lower is better",
+    "insertion": "Insertion fraction, lower is better",
+    "average": "average of Deletion and Insertion fractions, lower is better",
+    "deletion_auc": "deletion AUC, lower is better",
+    "insertion_auc": "insertion AUC, higher is better",
+}
+_HIGHER_IS_BETTER = frozenset({"insertion_auc"})
+_BEST_COLOUR = "C3"
+
+
+def _method_text(line: Mapping[str, Any]) -> str:
+    """A Table 1 line's method with its count, as the table shows both: "srise@500"."""
+    method, iterations = str(line["method"]), line.get("iterations", "")
+    return method if "@" in method or iterations in ("", None) else f"{method}@{iterations}"
+
+
+def plot_fill_summary(
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    metric: str = "average",
+    level: float = 0.95,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Table 1 as a picture: each method's mean and interval, one panel per metric fill.
+
+    The panels stand side by side on one y axis, the methods in table order
+    (the first on top, across all fills: a method missing from one fill's
+    table counts as undefined there), and one x axis, so a method's position
+    can be compared across fills. Each method is a dot at its mean with a
+    horizontal bar over its bootstrap interval (no bar when the table has
+    none: a single pair); the best mean of each panel (lowest, highest for
+    the insertion AUC) is drawn in another colour inside a ring. A method
+    whose mean is undefined (NaN: no row where the metric is defined) is a
+    hollow marker at the left edge labelled "n/a", not left out.
+
+    Args:
+      tables: {metric fill: `benchmark.summarize`'s table of that fill's
+        rows}, in the order of the panels (`benchmark.format_tables`'s input).
+      metric: the Table 1 metric drawn: "average" (of Deletion and
+        Insertion), "deletion", "insertion", "deletion_auc" or
+        "insertion_auc".
+      level: the interval level `summarize` used, for the legend.
+      path: if given, the figure is also written there as a PNG.
+      title: the figure's title.
+
+    Returns:
+      The figure: one axes per fill, labelled with the fill's name; in each,
+      the lines with gids "<method> mean", "<method> interval" (when it has
+      one) and "<method> best" (the ring), or "<method> n/a", where <method>
+      is the line's "method", with "@<iterations>" appended when it has
+      iterations and no "@" of its own.
+
+    Raises:
+      ValueError: no tables, or an unknown `metric`.
+    """
+    if metric not in _METRIC_AXIS:
+        raise ValueError(f"metric must be one of {tuple(_METRIC_AXIS)}, got {metric!r}")
+    if not tables:
+        raise ValueError("tables must hold at least one metric fill, got none")
+    by_fill = {fill: {_method_text(line): line for line in table}
+               for fill, table in tables.items()}
+    labels = list(dict.fromkeys(label for lines in by_fill.values() for label in lines))
+    values = {fill: {label: tuple(float(lines[label][key]) if label in lines else np.nan
+                                  for key in (metric, f"{metric}_low", f"{metric}_high"))
+                     for label in labels}
+              for fill, lines in by_fill.items()}
+    finite = [v for by_label in values.values() for triple in by_label.values()
+              for v in triple if np.isfinite(v)]
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    pad = 0.08 * (high - low) if high > low else 0.05
+    undefined = any(np.isnan(mean) for by_label in values.values()
+                    for mean, _, _ in by_label.values())
+    # Room on the left for the undefined methods' markers and their "n/a".
+    left = low - pad * (3.0 if undefined else 1.0)
+    figure = Figure(figsize=(3.6 + 3.4 * len(tables), 1.6 + 0.32 * len(labels)),
+                    dpi=_DPI, layout="constrained")
+    panels = figure.subplots(1, len(tables), sharex=True, sharey=True, squeeze=False)[0]
+    rows = dict(zip(labels, range(len(labels))))
+    pick = np.nanargmax if metric in _HIGHER_IS_BETTER else np.nanargmin
+    for axes, (fill, by_label) in zip(panels, values.items()):
+        axes.set_label(fill)
+        means = np.array([mean for mean, _, _ in by_label.values()])
+        best = labels[int(pick(means))] if np.isfinite(means).any() else None
+        for label, (mean, interval_low, interval_high) in by_label.items():
+            row = rows[label]
+            if np.isnan(mean):
+                (mark,) = axes.plot([left], [row], "o", markerfacecolor="none", color="grey",
+                                    clip_on=False)
+                mark.set_gid(f"{label} n/a")
+                axes.annotate("n/a", (left, row), xytext=(6, 0), textcoords="offset points",
+                              va="center", fontsize="small", color="grey")
+                continue
+            colour = _BEST_COLOUR if label == best else "C0"
+            if np.isfinite(interval_low) and np.isfinite(interval_high):
+                (bar,) = axes.plot([interval_low, interval_high], [row, row], color=colour,
+                                   marker="|", markersize=8, linewidth=1.5)
+                bar.set_gid(f"{label} interval")
+            (dot,) = axes.plot([mean], [row], "o", color=colour, markersize=6)
+            dot.set_gid(f"{label} mean")
+            if label == best:
+                (ring,) = axes.plot([mean], [row], "o", markersize=13, markerfacecolor="none",
+                                    markeredgewidth=1.5, color=colour)
+                ring.set_gid(f"{label} best")
+        axes.set_title(f"metric fill: {fill}")
+        axes.grid(axis="x", alpha=0.3)
+        axes.tick_params(axis="x", labelsize="small")
+    panels[0].set_yticks(range(len(labels)), labels, fontsize="small")
+    panels[0].set_ylim(len(labels) - 0.5, -0.5)  # the table's first method on top
+    panels[0].set_xlim(left, high + pad)
+    figure.supxlabel(_METRIC_AXIS[metric], fontsize="medium")
+    proxies = [Line2D([], [], color="C0", marker="o", markersize=6, label=f"mean, "
+                      f"{100 * level:g}% bootstrap interval"),
+               Line2D([], [], color=_BEST_COLOUR, marker="o", markersize=10,
+                      markerfacecolor="none", linestyle="none", label="best mean of the fill")]
+    if undefined:
+        proxies.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none",
+                              linestyle="none", label="n/a: undefined"))
+    # Midway down the right: clear of the title's and the x label's lines,
+    # which span the figure.
+    figure.legend(handles=proxies, loc="outside right center", fontsize="small")
+    if title is not None:
+        figure.suptitle(textwrap.fill(title, int(figure.get_figwidth() * _TITLE_CHARS_PER_INCH)))
     if path is not None:
         save_png(figure, path)
     return figure

@@ -2,6 +2,7 @@
 
 import collections
 import csv
+import json
 import math
 import zlib
 
@@ -9,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from planted_face import THRESHOLD, planted_model
 
-from srise_jax import benchmark, masks, metrics, protocols, srise
+from srise_jax import benchmark, masks, metrics, protocols, srise, viz
 from srise_jax.explainers import perturbation
 from srise_jax.similarity import unit_normalize
 
@@ -504,3 +506,33 @@ def test_results_written_before_the_metric_fill_column_are_kept_as_the_mean_fill
                                          "all scored with the mean fill"):
         runner = benchmark.Runner(model, triplets, "random", out, **_OPTIONS)
     assert runner.pending == () and (out / "results.csv").read_text() == now
+
+
+def test_write_reports_draws_fills_png_from_its_tables(tmp_path):
+    # A run directory of two fills, written as the runner writes it
+    # (run.json's keys that the reports read, results.csv of `COLUMNS`).
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps(
+        {"seed": 0, "threshold": 0.5, "data": "planted", "num_triplets": 3}))
+    rows = [{**row, "metric_fill": fill, "deletion_curve": "1 0.5 0", "insertion_curve": "0 0.5 1"}
+            for fill, shift in (("mean", 0.0), ("blur", 0.3))
+            for method in ("m", "n")
+            for row in _rows({t: [(0.2 + shift * (method == "n"), 0.4), (0.3, 0.1)]
+                              for t in range(3)}, method=method)]
+    with open(out / "results.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=benchmark.COLUMNS, restval="",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    reports = benchmark.write_reports(out, model_label="planted", labels=["n", "m"],
+                                      num_resamples=100)
+    assert out / "fills.png" in reports.paths
+    assert list(reports.tables) == ["mean", "blur"]
+    # The PNG is the figure of the reports' tables: one panel per fill.
+    figure = viz.plot_fill_summary(reports.tables)
+    assert [axes.get_label() for axes in figure.get_axes()] == ["mean", "blur"]
+    with Image.open(out / "fills.png") as image:
+        assert image.format == "PNG"
+        assert image.size == (round(figure.get_figwidth() * figure.dpi),
+                              round(figure.get_figheight() * figure.dpi))

@@ -62,7 +62,7 @@ def test_benchmark_rows_equal_the_library_run_and_reports_are_written(tmp_path, 
     assert (library / "table.md").read_text().split("\n\n", 2)[2] == \
         table.split("\n\n", 3)[3]
     assert reports.paths == [library / "table.md", library / "curves.png",
-                             library / "convergence.png"]
+                             library / "fills.png", library / "convergence.png"]
 
 
 def test_benchmark_resumes_adds_methods_and_repairs_a_killed_run(tmp_path, planted_cli,

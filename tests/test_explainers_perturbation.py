@@ -95,7 +95,7 @@ def test_srise_equals_srise_pair_saliency_a(key, planted_region):
     n, fill = 40, 0.3  # 40 masks in chunks of 16: a short last chunk too.
     got = jax.jit(functools.partial(
         perturbation.srise_map, embed_fn, num_masks=n, batch_size=16,
-        fill=fill, **SRISE_SMALL))(params, probe, mate, key)
+        fill=fill, reference_side=None, **SRISE_SMALL))(params, probe, mate, key)
     masks = masks_lib.gaussian_masks(key, n, (32, 32), **SRISE_SMALL)
     want = jax.jit(functools.partial(
         srise.srise_pair, embed_fn, batch_size=16, fill=fill))(

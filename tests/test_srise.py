@@ -15,8 +15,10 @@ import pytest
 from srise_jax import masks as masks_lib
 from srise_jax import srise
 
+# Patch sizes in absolute pixels (not scaled from a 112-pixel side), as
+# `small_masks` makes them.
 SMALL = srise.SRiseConfig(num_masks=96, num_patches=6, kernel_size=9,
-                          sigma=2.5, batch_size=16)
+                          sigma=2.5, batch_size=16, reference_side=None)
 
 
 def small_masks(key, n, shape=(32, 32)):
@@ -235,12 +237,19 @@ def test_masked_sums_and_finalize_give_srise_pair(key, planted_region):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_memory_is_independent_of_num_masks(key, planted_region):
+# The options of issue 14 all together: per-mask random fills, antithetic
+# pairs, stratified centres, three scales, the regression estimator.
+ALL_OPTIONS = dict(fill="mixed", antithetic=True, centres="stratified",
+                   scales=(0.5, 1.0, 2.0), normalize="regression")
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+def test_memory_is_independent_of_num_masks(key, planted_region, options):
     embed_fn, params, _, probe, mate = planted_region
 
     def temp_bytes(num_masks):
         config = srise.SRiseConfig(num_masks=num_masks, num_patches=6,
-                                   kernel_size=9, sigma=2.5, batch_size=16)
+                                   kernel_size=9, sigma=2.5, batch_size=16, **options)
         fn = jax.jit(lambda k: srise.srise_triplet(
             embed_fn, params, probe, mate, mate, k, config))
         analysis = fn.lower(key).compile().memory_analysis()

@@ -7,7 +7,7 @@ from matplotlib.image import AxesImage
 from matplotlib.text import Text
 from PIL import Image
 
-from srise_jax import metrics, srise, viz
+from srise_jax import benchmark, metrics, srise, viz
 from srise_jax.images import synthetic_faces
 
 OCCLUSION_ROLES = ("probe", "mate", "probe with a surgical mask")
@@ -242,3 +242,105 @@ def test_curves_skip_unevaluated_points_and_mark_the_flip(tmp_path, planted_regi
     np.testing.assert_allclose(marked[0], [result.fraction], rtol=1e-6)
     assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 0.96
                for line in axes.get_lines())
+
+
+def _fill_rows(fill, method, centre, *, iterations="", undefined=False, pairs=6, seed=0):
+    """Rows of `pairs` distinct pairs, both sides, (D, I) near `centre`; with
+    `undefined`, Deletion is NaN (cannot_flip) in every row, so Table 1's
+    average is NaN."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(pairs):
+        for image, reference in ((f"a{p}", f"b{p}"), (f"b{p}", f"a{p}")):
+            d, i = centre + 0.1 * rng.standard_normal(2)
+            rows.append({"image": image, "reference": reference, "method": method,
+                         "metric_fill": fill, "iterations": iterations, "match": 1,
+                         "deletion": "" if undefined else f"{d:.6f}",
+                         "deletion_reason": "cannot_flip" if undefined else "",
+                         "insertion": f"{i:.6f}", "deletion_auc": f"{d:.6f}",
+                         "insertion_auc": f"{i:.6f}"})
+    return rows
+
+
+@pytest.fixture
+def fill_rows():
+    """Two fills, planted so that "b@7" is best under "mean" and "a@100"
+    under "blur"; "c" is undefined under "mean" only."""
+    return {"mean": (_fill_rows("mean", "a@100", 0.35, seed=1)
+                     + _fill_rows("mean", "b", 0.15, iterations="7", seed=2)
+                     + _fill_rows("mean", "c", 0.3, undefined=True, seed=3)),
+            "blur": (_fill_rows("blur", "a@100", 0.1, seed=4)
+                     + _fill_rows("blur", "b", 0.45, iterations="7", seed=5)
+                     + _fill_rows("blur", "c", 0.3, seed=6))}
+
+
+def _marks(axes):
+    return {line.get_gid(): line for line in axes.get_lines() if line.get_gid() is not None}
+
+
+@pytest.mark.parametrize("metric", ["average", "insertion_auc"])
+def test_fill_summary_draws_each_tables_means_intervals_and_best(tmp_path, fill_rows, metric):
+    tables = {fill: benchmark.summarize(rows, num_resamples=300)
+              for fill, rows in fill_rows.items()}
+    path = tmp_path / "fills.png"
+    figure = viz.plot_fill_summary(tables, metric=metric, path=path)
+    with Image.open(path) as image:
+        assert image.size == (round(figure.get_figwidth() * figure.dpi),
+                              round(figure.get_figheight() * figure.dpi))
+    panels = figure.get_axes()
+    assert [axes.get_label() for axes in panels] == list(tables)
+    shown = {"a@100": "a@100", "b": "b@7", "c": "c"}  # "b" with its iterations, as in the table
+    labels = list(shown.values())
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == labels
+    for axes, (fill, table) in zip(panels, tables.items()):
+        marks = _marks(axes)
+        for label, line in zip(labels, table):
+            if np.isnan(line[metric]):
+                continue
+            np.testing.assert_allclose(marks[f"{label} mean"].get_xdata(), [line[metric]])
+            np.testing.assert_allclose(marks[f"{label} interval"].get_xdata(),
+                                       [line[f"{metric}_low"], line[f"{metric}_high"]])
+            # One y per method, the same in every panel (the table's order).
+            assert marks[f"{label} mean"].get_ydata()[0] == labels.index(label)
+        # The best method, from the raw rows in NumPy: the lowest mean
+        # (D + I) / 2 over rows where both are defined; the highest mean
+        # insertion AUC.
+        means = {}
+        for row in fill_rows[fill]:
+            d, i = float(row["deletion"] or "nan"), float(row["insertion"])
+            value = (d + i) / 2 if metric == "average" else i
+            means.setdefault(row["method"], []).append(value)
+        means = {method: np.mean(values) for method, values in means.items()}
+        pick = min if metric == "average" else max
+        want = pick((m for m in means if np.isfinite(means[m])), key=means.get)
+        if metric == "average":
+            assert want == {"mean": "b", "blur": "a@100"}[fill]  # as planted
+        assert [gid for gid in marks if gid.endswith(" best")] == [f"{shown[want]} best"]
+
+
+def test_fill_summary_draws_an_undefined_method_as_na_at_the_left_edge(fill_rows):
+    tables = {fill: benchmark.summarize(rows, num_resamples=100)
+              for fill, rows in fill_rows.items()}
+    assert np.isnan(tables["mean"][2]["average"])  # the planted undefined method
+    figure = viz.plot_fill_summary(tables)
+    mean_panel, blur_panel = figure.get_axes()
+    marks = _marks(mean_panel)
+    assert "c mean" not in marks and "c interval" not in marks
+    na = marks["c n/a"]
+    assert na.get_markerfacecolor() == "none"
+    assert na.get_xdata()[0] == mean_panel.get_xlim()[0]
+    assert na.get_ydata()[0] == 2
+    assert [t.get_text() for t in mean_panel.texts] == ["n/a"]
+    # Defined under the other fill: drawn there as any other method.
+    assert "c mean" in _marks(blur_panel) and not blur_panel.texts
+    # The x label names the metric and its direction.
+    assert "average of Deletion and Insertion fractions, lower is better" in _texts(figure)
+
+
+def test_fill_summary_has_one_panel_for_one_fill_and_refuses_bad_input(fill_rows):
+    table = benchmark.summarize(fill_rows["blur"], num_resamples=100)
+    assert len(viz.plot_fill_summary({"blur": table}).get_axes()) == 1
+    with pytest.raises(ValueError, match="metric must be one of .*'auc'"):
+        viz.plot_fill_summary({"blur": table}, metric="auc")
+    with pytest.raises(ValueError, match="tables must hold at least one metric fill"):
+        viz.plot_fill_summary({})

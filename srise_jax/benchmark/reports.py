@@ -1,4 +1,4 @@
-"""A run directory's reports: table.md (Table 1 per metric fill), curves.png, convergence.png."""
+"""A run directory's reports: table.md (Table 1 per fill), fills.png, curves.png, convergence.png."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ class Reports(NamedTuple):
     Attributes:
       tables: {metric fill: Table 1 of its rows, one dict per method
         (`summarize`)}, in the order of table.md.
-      paths: the files written: table.md, curves.png and, when written,
-        convergence.png.
+      paths: the files written: table.md, curves.png, fills.png and, when
+        written, convergence.png.
     """
 
     tables: dict[str, list[dict[str, Any]]]
@@ -41,7 +41,10 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
 
     table.md holds a title line (model, threshold, data, triplets), the
     command if given, and `format_tables`'s tables: one Table 1 per metric
-    fill of the rows, under a heading naming it; curves.png the mean
+    fill of the rows, under a heading naming it; fills.png the same tables
+    as a picture, one panel per fill (one when the run has one), each
+    method's mean average of Deletion and Insertion with its interval
+    (`viz.plot_fill_summary`); curves.png the mean
     deletion/insertion curves of each method over its scored maps (each
     (method, fill) its own line, "method [fill]", when there are several
     fills);
@@ -79,7 +82,7 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
              f"{run['num_triplets']} triplets")
     quoted = "" if command is None else f"Command: `{command}`\n\n"
     text = f"# Deletion / Insertion benchmark\n\n{title}.\n\n{quoted}" + format_tables(tables)
-    written = [out / "table.md", out / "curves.png"]
+    written = [out / "table.md", out / "curves.png", out / "fills.png"]
     with outputs.atomic_file(written[0]) as file:
         file.write(text.encode())
     curves: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
@@ -94,6 +97,8 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
     viz.plot_mean_curves({named[key]: curves[key] for key in named if key in curves},
                          path=written[1],
                          title=f"Deletion / insertion curves, mean over scored maps: {title}")
+    viz.plot_fill_summary(tables, path=written[2],
+                          title=f"Table 1 per metric fill: {title}")
     figure_rows = _convergence_rows(out / "maps", order)
     if figure_rows:
         written.append(out / "convergence.png")

@@ -10,7 +10,7 @@
 A benchmark directory holds `run.json` (what was asked), `triplets.csv`,
 `results.csv` (one row per triplet, pair, side, method and metric fill,
 appended triplet by triplet), `table.md` (one Table 1 per metric fill),
-`curves.png`, `convergence.png` and `maps/tripletNNN.npz` for the first
+`fills.png` (each method's mean and interval per metric fill), `curves.png`, `convergence.png` and `maps/tripletNNN.npz` for the first
 triplets. A rerun with the same settings skips the (triplet, method, metric
 fill) rows already written, so an interrupted run loses at most the triplet
 in flight; new methods and new metric fills are added to finished triplets
@@ -87,7 +87,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                     "the model accepts with the paper's Deletion and Insertion fractions "
                     "and the deletion/insertion AUCs, and write OUT/results.csv (one row "
                     "per triplet, pair, side, method), OUT/table.md (Table 1 with 95%% "
-                    "bootstrap intervals over distinct pairs), OUT/curves.png and "
+                    "bootstrap intervals over distinct pairs), OUT/fills.png (each "
+                    "method's mean and interval per metric fill), OUT/curves.png and "
                     "OUT/convergence.png; with several --metric-fill, one Table 1 per "
                     "fill. Rerunning with the same OUT resumes. "
                     "--triplet-batch spreads batches of triplets over the devices; "

@@ -81,10 +81,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None
                         help="one mask set for both pairs: 3N forward passes instead of 4N")
     parser.add_argument("--normalize", choices=NORMALIZE,
                         help="'coverage': sum s_i M_i / sum M_i; 'none': the paper's plain "
-                             "sum (default: coverage)")
+                             "sum; 'centred' and 'regression': control variates (the masks' "
+                             "mean score; the per-pixel slope of the score on the mask) "
+                             "(default: coverage)")
     parser.add_argument("--preset", choices=tuple(presets.PRESETS),
                         help="S-RISE settings by name instead of the defaults: 'paper' (black "
-                             "fill, plain sum) or 'mean_fill' (image-mean fill, coverage; "
+                             "fill, plain sum, absolute patch sizes) or 'mean_fill' (image-mean fill, coverage; "
                              "the more faithful in benchmarks/RESULTS.md); overrides "
                              "--normalize")
     parser.add_argument("--metric-step", type=common.positive_int,
@@ -97,7 +99,7 @@ def make_config(*, preset: str | None, normalize: str | None, **options: Any) ->
 
     Args:
       preset: a name of `presets.PRESETS`, or None.
-      normalize: "coverage" or "none"; None for the default. A preset sets its own.
+      normalize: an estimator of `config.NORMALIZE`; None for the default. A preset sets its own.
       **options: the other fields (num_masks, batch_size, ...).
 
     Returns:

@@ -14,6 +14,7 @@ Their S-RISE options are the fields of `SRiseConfig`, with its defaults
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,11 @@ _IMAGE_JOB = ((0, 1),)
 # `SRiseConfig` fields that are options of a single-image S-RISE map (sharing
 # masks between the pairs of a triplet means nothing here).
 _SRISE_OPTIONS = ("num_masks", "num_patches", "kernel_size", "sigma", "batch_size",
-                  "fill", "normalize", "combine", "compute_dtype")
+                  "fill", "normalize", "combine", "compute_dtype", "reference_side",
+                  "centres", "scales", "antithetic")
+# The mask options of S-RISE's Gaussian masks (CorrRISE takes them too).
+_MASK_OPTIONS = ("num_patches", "kernel_size", "sigma", "combine", "reference_side",
+                 "centres", "scales", "antithetic")
 
 
 def _masked_sums(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
@@ -57,13 +62,6 @@ def _masked_sums(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
                              mesh=mesh, compute_dtype=config.compute_dtype)
 
 
-def _gaussian_masks(config: SRiseConfig, shape: tuple[int, int]
-                    ) -> Callable[[jax.Array], jax.Array]:
-    return masks_lib.gaussian_mask_fn(shape, num_patches=config.num_patches,
-                                      kernel_size=config.kernel_size,
-                                      sigma=config.sigma, combine=config.combine)
-
-
 @register("srise", kind="perturbation")
 @config_options(*_SRISE_OPTIONS)
 def srise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
@@ -71,9 +69,12 @@ def srise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
               mesh: Mesh | None = None) -> jax.Array:
     """S-RISE map of `image` for its similarity to `reference`.
 
-    Equals `srise.srise_pair(..., gaussian_masks(key, num_masks, ...))
-    .saliency_a` (mask i from `jax.random.split(key, num_masks)[i]`), but
-    masks only `image` and makes the masks inside the compiled loop.
+    Equals `srise.srise_pair(..., masks).saliency_a` with the same masks
+    (`srise.config_masks(config, shape)(srise.config_sources(config, key))`;
+    with the default options mask i is `gaussian_masks`' from
+    `jax.random.split(key, num_masks)[i]`, patches scaled to the image by
+    `SRiseConfig.patch_size`), but masks only `image` and makes the masks
+    inside the compiled loop.
 
     Args:
       embed_fn: `embed_fn(params, images[B, H, W, 3]) -> [B, D]`.
@@ -82,8 +83,9 @@ def srise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
       reference: Float[Array, "h w 3"], kept intact.
       key: a `jax.random` key.
       num_masks, num_patches, kernel_size, sigma, batch_size, fill,
-        normalize, combine, compute_dtype: keyword options, the fields of
-        `srise.SRiseConfig` (with its defaults).
+        normalize, combine, compute_dtype, reference_side, centres, scales,
+        antithetic: keyword options, the fields of `srise.SRiseConfig`
+        (with its defaults).
       mesh: if given, the masks are split over all of its devices.
 
     Returns:
@@ -93,8 +95,8 @@ def srise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
       Lu and Ebrahimi, arXiv:2304.06118, section 3.2.
     """
     sums = _masked_sums(embed_fn, params, image, reference,
-                        jax.random.split(key, config.num_masks),
-                        _gaussian_masks(config, image.shape[:2]),
+                        srise.config_sources(config, key),
+                        srise.config_masks(config, image.shape[:2]),
                         config=config, mesh=mesh)
     return srise.finalize(sums, normalize=config.normalize)[0]
 
@@ -106,8 +108,8 @@ def srise_convergence(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
                       config: SRiseConfig, mesh: Mesh | None = None) -> jax.Array:
     """S-RISE maps of `image` after the first `counts[k]` masks of one run.
 
-    One sequence of max(counts) masks is drawn (mask i from
-    `jax.random.split(key, max(counts))[i]`) and the map is read off after
+    One sequence of max(counts) masks is drawn (as `srise_map` draws them
+    with num_masks = max(counts)) and the map is read off after
     each count, so the whole series (the paper's Fig. 6 and Table 1 rows at
     10, 100, 500 and 1000 masks) costs max(counts) forward passes instead of
     their sum. The first n masks of the sequence are n independent draws, so
@@ -118,7 +120,8 @@ def srise_convergence(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
       embed_fn, params, image, reference, key, mesh: as in `srise_map`.
       counts: increasing positive mask counts (static).
       num_patches, kernel_size, sigma, batch_size, fill, normalize, combine,
-        compute_dtype: as in `srise_map`.
+        compute_dtype, reference_side, centres, scales, antithetic: as in
+        `srise_map`.
 
     Returns:
       Float[Array, "k h w"], the map after each count.
@@ -126,11 +129,13 @@ def srise_convergence(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
     counts = tuple(int(c) for c in counts)
     if not counts or counts[0] < 1 or any(b <= a for a, b in zip(counts, counts[1:])):
         raise ValueError(f"counts must be increasing positive ints, got {counts}")
-    keys = jax.random.split(key, counts[-1])
-    make = _gaussian_masks(config, image.shape[:2])
+    config = dataclasses.replace(config, num_masks=counts[-1])
+    sources = srise.config_sources(config, key)
+    make = srise.config_masks(config, image.shape[:2])
     maps, total, start = [], None, 0
     for stop in counts:
-        sums = _masked_sums(embed_fn, params, image, reference, keys[start:stop],
+        part = jax.tree.map(lambda x, a=start, b=stop: x[a:b], sources)
+        sums = _masked_sums(embed_fn, params, image, reference, part,
                             make, config=config, mesh=mesh)
         total = sums if total is None else srise.add_sums(total, sums)
         maps.append(srise.finalize(total, normalize=config.normalize)[0])
@@ -163,15 +168,14 @@ def rise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
       Petsiuk, Das and Saenko, "RISE: Randomized Input Sampling for
       Explanation of Black-box Models", BMVC 2018.
     """
+    rise = masks_lib.rise_mask_fn(image.shape[:2], grid=grid, p=p)
     sums = _masked_sums(embed_fn, params, image, reference,
-                        jax.random.split(key, config.num_masks),
-                        masks_lib.rise_mask_fn(image.shape[:2], grid=grid, p=p),
-                        config=config, mesh=mesh)
+                        masks_lib.mask_sources(key, config.num_masks),
+                        lambda source: rise(source[0]), config=config, mesh=mesh)
     return srise.finalize(sums, normalize="coverage")[0]
 
 
-@config_options("num_masks", "num_patches", "kernel_size", "sigma", "batch_size",
-                "fill", "combine", "compute_dtype")
+@config_options("num_masks", "batch_size", "fill", "compute_dtype", *_MASK_OPTIONS)
 def corrrise(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
              reference: jax.Array, key: jax.Array, *, masks: str = "gaussian",
              grid: int = 7, p: float = 0.5, config: SRiseConfig,
@@ -190,10 +194,10 @@ def corrrise(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
 
     Args:
       embed_fn, params, image, reference, key, mesh: as in `srise_map`.
-      num_masks, num_patches, kernel_size, sigma, batch_size, fill, combine,
-        compute_dtype: as in `srise_map`.
-      masks: "gaussian" (S-RISE masks: num_patches, kernel_size, sigma,
-        combine) or "rise" (binary grid masks: grid, p; their many exact 0s
+      num_masks, batch_size, fill, compute_dtype, num_patches, kernel_size,
+        sigma, combine, reference_side, centres, scales, antithetic: as in
+        `srise_map`.
+      masks: "gaussian" (S-RISE masks: the mask options above) or "rise" (binary grid masks: grid, p; their many exact 0s
         and 1s tie, which the average ranks handle).
       grid, p: as in `rise_map`.
 
@@ -206,15 +210,19 @@ def corrrise(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
       Verification", WACV 2024, arXiv:2305.08546.
     """
     shape = image.shape[:2]
+    sources = srise.config_sources(config, key)
     if masks == "gaussian":
-        make = _gaussian_masks(config, shape)
+        make = srise.config_masks(config, shape)
     elif masks == "rise":
-        make = masks_lib.rise_mask_fn(shape, grid=grid, p=p)
+        rise = masks_lib.rise_mask_fn(shape, grid=grid, p=p)
+        make = lambda source: rise(source[0])
     else:
         raise ValueError(f"masks must be 'gaussian' or 'rise', got {masks!r}")
-    all_masks = make(jax.random.split(key, config.num_masks))
-    sums = _masked_sums(embed_fn, params, image, reference, all_masks,
-                        lambda m: m, config=config, mesh=mesh)
+    # The engine remakes each chunk's masks from the same sources (cheap next
+    # to the forward passes), so per-mask random fills draw as in `srise_map`.
+    all_masks = make(sources)
+    sums = _masked_sums(embed_fn, params, image, reference, sources, make,
+                        config=config, mesh=mesh)
     similar = spearman(sums.scores[0], all_masks)
     return similar, -similar
 
