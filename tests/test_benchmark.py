@@ -43,7 +43,7 @@ def test_method_key_ignores_the_method_list():
 
 def test_convergence_maps_are_prefixes_of_one_mask_sequence(planted_region, key):
     embed_fn, params, _, probe, mate = planted_region
-    options = dict(num_patches=8, kernel_size=9, sigma=2.0, batch_size=4)
+    options = dict(num_patches=8, kernel_size=9, sigma=2.0, batch_size=4, reference_side=None)
     maps = perturbation.srise_convergence(embed_fn, params, probe, mate, key,
                                           counts=(3, 8, 13), **options)
     assert maps.shape == (3, 32, 32)

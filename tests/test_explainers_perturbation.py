@@ -107,10 +107,10 @@ def test_rise_matches_numpy_weighted_average(key, planted_region):
     embed_fn, params, _, probe, mate = planted_region
     n = 24
     got = jax.jit(functools.partial(
-        perturbation.rise_map, embed_fn, num_masks=n, batch_size=16,
+        perturbation.rise_map, embed_fn, num_masks=n, batch_size=16, fill=0.0,
         **RISE_SMALL))(params, probe, mate, key)
     # Independent: the same masks made by masks.rise_masks, one masked image
-    # at a time, sum_i s_i M_i / sum_i M_i.
+    # (RISE's I * M: black fill) at a time, sum_i s_i M_i / sum_i M_i.
     masks = np.asarray(masks_lib.rise_masks(key, n, (32, 32), **RISE_SMALL),
                        np.float64)
     unit = lambda e: np.asarray(e, np.float64)[0] / np.linalg.norm(e)

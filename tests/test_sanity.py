@@ -171,7 +171,8 @@ def test_cascade_keeps_the_map_through_an_invisible_group_and_loses_it_after(tin
     model = _TinyNet(gated=True)
     params = model.init(jax.random.key(1), image[None])
     explainer = functools.partial(get_explainer("srise"), num_masks=64, batch_size=32,
-                                  num_patches=16, kernel_size=5, sigma=1.5)
+                                  num_patches=16, kernel_size=5, sigma=1.5,
+                                  reference_side=None)
     result = sanity.cascading_randomization(explainer, model.apply, params, image,
                                             reference, jax.random.key(0))
     assert result.steps == ("gate", "fc", "conv2", "conv1")

@@ -17,8 +17,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="explain the sample photos with a real face recognizer (dlib's ResNet)",
         description="Detect and align the bundled sample photos, then explain with S-RISE "
-                    "(the paper's 500 masks of 100 patches; the library's coverage estimator, "
-                    "--preset paper for the paper's plain sum) a triplet (obama, obama2, "
+                    "(the paper's 500 masks of 100 patches, scaled to the image; the "
+                    "library's mean fill and coverage estimator, --preset paper for the "
+                    "paper's black fill and plain sum) a triplet (obama, obama2, "
                     "biden) and a self-occlusion "
                     "triplet (obama, obama2, obama with a surgical mask), with Deletion and "
                     "Insertion at the model's threshold. Writes OUT/triplet.png, "

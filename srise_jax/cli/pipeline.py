@@ -86,9 +86,9 @@ def add_run_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None
                              "(default: coverage)")
     parser.add_argument("--preset", choices=tuple(presets.PRESETS),
                         help="S-RISE settings by name instead of the defaults: 'paper' (black "
-                             "fill, plain sum, absolute patch sizes) or 'mean_fill' (image-mean fill, coverage; "
-                             "the more faithful in benchmarks/RESULTS.md); overrides "
-                             "--normalize")
+                             "fill, plain sum, absolute patch sizes) or 'mean_fill' (image-mean "
+                             "fill, coverage: since issue 14 the same as the defaults); "
+                             "overrides --normalize")
     parser.add_argument("--metric-step", type=common.positive_int,
                         help="Deletion/Insertion coarse-search step in pixels (default: "
                              "sqrt of the pixel count, about 2*sqrt forward passes per curve)")

@@ -154,6 +154,8 @@ def rise_map(embed_fn: EmbedFn, params: PyTree, image: jax.Array,
     RISE divides sum_i s_i M_i by N * p, the expected coverage of a pixel;
     dividing by the actual coverage sum_i M_i is the same in expectation and
     removes the masks' border and sampling bias, as S-RISE's "coverage" does.
+    The fill is S-RISE's default (the image's mean), so that the two mask
+    explainers differ only by their masks; RISE's own I * M is `fill=0.0`.
 
     Args:
       embed_fn, params, image, reference, key, mesh: as in `srise_map`.
