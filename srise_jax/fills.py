@@ -13,6 +13,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +43,13 @@ DEFAULT_IMPUTE_SEED = 0
 def gaussian_blur(image: jax.Array, *, sigma: float | None = None) -> jax.Array:
     """The image blurred by a separable Gaussian, edge-padded.
 
+    Each axis is one matrix product with a (n, n) banded matrix that holds
+    the taps and folds the edge padding in (`blur_matrix`): inside a jitted
+    model, XLA fused the equivalent sum of 2 x (2r + 1) shifted slices into
+    the first layer and recomputed it per read, which made a dlib forward
+    pass of a blur-filled batch 3.5x slower; the products cost next to
+    nothing and agree with the sum to float32 rounding.
+
     Args:
       image: Float[Array, "h w c"].
       sigma: standard deviation in pixels, a Python float (static); None
@@ -50,22 +59,44 @@ def gaussian_blur(image: jax.Array, *, sigma: float | None = None) -> jax.Array:
     Returns:
       Float[Array, "h w c"], the blurred image, same dtype as ``image``.
     """
+    height, width = image.shape[:2]
     if sigma is None:
-        sigma = max(image.shape[:2]) / 20.0
+        sigma = max(height, width) / 20.0
+    rows = jnp.asarray(blur_matrix(height, float(sigma)))
+    cols = jnp.asarray(blur_matrix(width, float(sigma)))
+    x = image.astype(jnp.float32)
+    out = jnp.einsum("ij,jwc->iwc", rows, x, precision=lax.Precision.HIGHEST)
+    out = jnp.einsum("kw,iwc->ikc", cols, out, precision=lax.Precision.HIGHEST)
+    return out.astype(image.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def blur_matrix(size: int, sigma: float) -> np.ndarray:
+    """(size, size) float32 matrix B with (B @ x) the edge-padded Gaussian blur of x.
+
+    Row i holds the taps ``exp(-k**2 / (2 sigma**2))``, k = -r..r with r =
+    ``int(3 * sigma)``, normalized to sum 1, at columns ``clip(i + k, 0,
+    size - 1)``: edge padding, as ``np.pad(mode="edge")`` then a valid
+    convolution gives.
+
+    Args:
+      size: the axis length.
+      sigma: the Gaussian's standard deviation in pixels.
+
+    Returns:
+      The matrix, read-only.
+    """
     radius = int(3 * sigma)
-    taps = jnp.exp(-jnp.arange(-radius, radius + 1, dtype=jnp.float32) ** 2
-                   / (2 * sigma**2))
-    taps = taps / taps.sum()
-    out = image
-    for axis in (0, 1):
-        # Edge padding: a zero border would darken the blurred face's rim.
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = jnp.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        out = sum(taps[i] * lax.slice_in_dim(padded, i, i + n, axis=axis)
-                  for i in range(2 * radius + 1))
-    return out
+    offsets = np.arange(-radius, radius + 1)
+    taps = np.exp(-offsets.astype(np.float64) ** 2 / (2 * sigma**2))
+    taps /= taps.sum()
+    matrix = np.zeros((size, size))
+    rows = np.repeat(np.arange(size), len(offsets))
+    columns = np.clip(rows + np.tile(offsets, size), 0, size - 1)
+    np.add.at(matrix, (rows, columns), np.tile(taps, size))
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
 def neighbour_sum(x: jax.Array) -> jax.Array:

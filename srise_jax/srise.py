@@ -148,15 +148,16 @@ def _fill_for(image: jax.Array, fill: Fill, keys: jax.Array | None) -> jax.Array
     mean = image.mean((0, 1))
     if fill == "mean":
         return mean
+    blurred = fills.gaussian_blur(image)
     if fill == "blur":
-        return fills.gaussian_blur(image)
+        return blurred
     std = image.std((0, 1))
     noisy = mean + std * fill_noise(image.shape, keys).astype(image.dtype)
     if fill == "noise":
         return noisy
     kind = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 2), (), 0, 3))(keys)
     kind = kind[:, None, None, None]
-    return jnp.where(kind == 0, mean, jnp.where(kind == 1, fills.gaussian_blur(image), noisy))
+    return jnp.where(kind == 0, mean, jnp.where(kind == 1, blurred, noisy))
 
 
 def _apply_mask(image: jax.Array, masks: jax.Array, fill: Fill,
