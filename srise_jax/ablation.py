@@ -6,7 +6,7 @@ patches combine into a mask, nor what replaces the masked-out pixels, nor
 whether the sum is normalised. `GRID` varies one choice at a time from the
 `paper` preset (plus one combination, the `mean_fill` preset), then one
 option at a time from the library's default `SRiseConfig()` (patches scaled
-to the image, coverage): the control-variate estimators, antithetic masks,
+to the image, coverage, mean fill): black fill, the control-variate estimators, antithetic masks,
 stratified centres, multi-scale patches and the explainer's own fill, drawn
 per mask included. `srise-jax benchmark --ablation` scores every setting
 with Deletion/Insertion (under each `--metric-fill`) on the same triplets

@@ -308,7 +308,12 @@ def test_preset_methods_run_srise_with_the_preset_settings(planted_region, key):
         want = perturbation.srise_map(embed_fn, params, probe, mate, srise_key,
                                       batch_size=4, **options)
         np.testing.assert_allclose(maps[label], want, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(maps["srise@6"], maps["srise[mean_fill]@6"], atol=1e-4)
+    # Since issue 14 the mean_fill preset is the defaults: the same maps; the
+    # paper's preset is not.
+    np.testing.assert_allclose(maps["srise@6"], maps["srise[mean_fill]@6"], rtol=1e-6)
+    default_at_3 = perturbation.srise_map(embed_fn, params, probe, mate, srise_key,
+                                          batch_size=4, num_masks=3)
+    assert not np.allclose(maps["srise[paper]@3"], default_at_3, atol=1e-4)
     for bad in ("gradient[paper]", "srise[best]@5"):
         with pytest.raises(ValueError, match="presets are srise"):
             benchmark.parse_methods(bad)
