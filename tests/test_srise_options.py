@@ -18,23 +18,11 @@ from srise_jax import config as config_lib
 from srise_jax import masks as masks_lib
 from srise_jax import srise
 from srise_jax.explainers import perturbation
+from test_srise import numpy_blur  # the blur fill's NumPy reference, written once
 
 # Absolute small patches for 32x32 images unless a test scales them.
 BASE = srise.SRiseConfig(num_masks=24, num_patches=6, kernel_size=9, sigma=2.5,
                          batch_size=16, reference_side=None)
-
-
-def numpy_blur(image):
-    sigma = max(image.shape[:2]) / 20
-    radius = int(3 * sigma)
-    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
-    taps /= taps.sum()
-    for axis in (0, 1):
-        padded = np.pad(image, [(radius, radius) if a == axis else (0, 0)
-                                for a in range(3)], mode="edge")
-        image = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="valid"),
-                                    axis, padded)
-    return image
 
 
 def numpy_fill(image, fill, mask_key):
