@@ -9,7 +9,8 @@ checks it):
   (`srise_jax.similarity`), image files (`srise_jax.images`), atomic output
   files (`srise_jax.outputs`);
 - models: `srise_jax.models` (ArcFace iResNet, dlib's ResNet and its `.dat`
-  reader, MTCNN); `srise_jax.models.load(name)` is the one loader of every
+  reader, MTCNN, any ONNX face-recognition network: `onnx_import`, whose
+  operators are in `onnx_ops`); `srise_jax.models.load(name)` is the one loader of every
   model the command line knows, returning a `FaceModel`;
 - pre-processing: face detection in `srise_jax.detect`, alignment in
   `srise_jax.align`, the sample photos in `srise_jax.data`;
@@ -63,7 +64,7 @@ _LAZY = {
     **{name: ("srise_jax.models", name) for name in (
         "ARCFACE_THRESHOLD", "ARCH_BLOCKS", "DLIB_THRESHOLD", "FaceModel", "dlib_embed_fn",
         "dlib_feature_fns", "iresnet_embed_fn", "iresnet_feature_fns", "iresnet_init",
-        "load_arcface", "load_dlib")},
+        "OnnxError", "load_arcface", "load_dlib", "load_onnx", "onnx_feature_fns")},
     "load_model": ("srise_jax.models", "load"),
     **{name: ("srise_jax.protocols", name) for name in (
         "Pair", "Triplet", "load_protocol_face", "read_identity_folders", "read_lfw_pairs",
@@ -153,6 +154,7 @@ __all__ = [
     "load_face",
     "load_image",
     "load_model",
+    "load_onnx",
     "load_protocol_face",
     "LowScoreWarning",
     "mask_sources",
@@ -166,6 +168,8 @@ __all__ = [
     "normalize_jointly",
     "occlude",
     "occlusion_region",
+    "onnx_feature_fns",
+    "OnnxError",
     "Pair",
     "PairSaliency",
     "patch_centres",

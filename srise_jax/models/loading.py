@@ -2,6 +2,7 @@
 
     model = srise_jax.models.load("dlib")                      # face_recognition_models
     model = srise_jax.models.load("arcface", "weights/r50")    # `srise-jax convert`'s output
+    model = srise_jax.models.load("onnx", "buffalo_l/w600k_r50.onnx")   # any ONNX network
     model.embed_fn(model.params, crops)   # crops: [B, image_size, image_size, 3] in [0, 1]
 
 A `FaceModel` carries what every caller needs besides the network: the crops
@@ -29,10 +30,16 @@ from srise_jax.models.embedding import FeatureFns
 from srise_jax.models.iresnet import INPUT_SIZE as ARCFACE_INPUT_SIZE
 from srise_jax.models.iresnet import LAYER_GROUPS as ARCFACE_LAYER_GROUPS
 from srise_jax.models.iresnet import iresnet_feature_fns
-from srise_jax.models.templates import ARCFACE_112, DLIB_150
+from srise_jax.models.onnx_import import (
+    onnx_embed_fn,
+    onnx_feature_fns,
+    onnx_layer_groups,
+    read_onnx,
+)
+from srise_jax.models.templates import ARCFACE_112, DLIB_150, arcface_template
 from srise_jax.typing import EmbedFn, PyTree
 
-MODEL_NAMES = ("dlib", "arcface")
+MODEL_NAMES = ("dlib", "arcface", "onnx")
 
 LayerGroups = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -52,8 +59,8 @@ class FaceModel(NamedTuple):
       layer_groups: the sanity check's groups, top (output) first: (group
         name, the top-level parameter names it holds).
       feature_fns: the (features, head) split Grad-CAM reads, or None.
-      settings: what was loaded, JSON-able: "model" and "dtype", and for
-        ArcFace "weights" and "arch".
+      settings: what was loaded, JSON-able: "model" and "dtype", for
+        ArcFace "weights" and "arch", for ONNX "weights".
     """
 
     name: str
@@ -98,6 +105,23 @@ def _load_arcface(weights: str | Path | None, *, dtype: Any) -> FaceModel:
                       "dtype": jnp.dtype(dtype).name})
 
 
+def _load_onnx(weights: str | Path | None, *, dtype: Any) -> FaceModel:
+    """The "onnx" entry of the registry (see `load`): any face-recognition .onnx file.
+
+    Its crops are ArcFace's (insightface's template at the graph's input
+    side), its threshold ArcFace's: insightface's packs are ArcFace models.
+    """
+    if weights is None:
+        raise ValueError("the onnx model needs weights: an .onnx file (e.g. insightface's "
+                         "buffalo_l/w600k_r50.onnx)")
+    graph, params = read_onnx(weights)
+    return FaceModel("onnx", f"ONNX {graph.path.name}{_dtype_suffix(dtype)}",
+                     onnx_embed_fn(graph, dtype=dtype), params, graph.input_size,
+                     arcface_template(graph.input_size), ARCFACE_THRESHOLD,
+                     onnx_layer_groups(graph, params), onnx_feature_fns(graph, dtype=dtype),
+                     {"model": "onnx", "weights": str(weights), "dtype": jnp.dtype(dtype).name})
+
+
 def _dtype_suffix(dtype: Any) -> str:
     """" (bfloat16)" for a label, or "" for float32."""
     name = jnp.dtype(dtype).name
@@ -107,7 +131,7 @@ def _dtype_suffix(dtype: Any) -> str:
 # A loader takes (weights, *, dtype) and returns a FaceModel. Registered here,
 # a model is known to `load` and so to every command's --model.
 Loader = Callable[..., FaceModel]
-_LOADERS: dict[str, Loader] = {"dlib": _load_dlib, "arcface": _load_arcface}
+_LOADERS: dict[str, Loader] = {"dlib": _load_dlib, "arcface": _load_arcface, "onnx": _load_onnx}
 
 
 def register_model(name: str, loader: Loader, *, overwrite: bool = False) -> None:
@@ -157,9 +181,10 @@ def load(name: str, weights: str | Path | None = None, *, dtype: Any = jnp.float
     Args:
       name: "dlib" (dlib's ResNet, weights from the face_recognition_models
         package, converted and cached on first use), "arcface" (an iResNet
-        checkpoint), or a name given to `register_model`.
+        checkpoint), "onnx" (an ONNX face-recognition network, see
+        `srise_jax.models.load_onnx`), or a name given to `register_model`.
       weights: for "arcface", a checkpoint directory written by `srise-jax
-        convert`; None for "dlib".
+        convert`; for "onnx", the .onnx file; None for "dlib".
       dtype: compute dtype of `embed_fn` (e.g. `jnp.bfloat16`); params stay
         float32.
 
@@ -168,9 +193,11 @@ def load(name: str, weights: str | Path | None = None, *, dtype: Any = jnp.float
 
     Raises:
       ValueError: an unknown name, weights given to "dlib" or missing for
-        "arcface", or a damaged checkpoint (one line each).
+        "arcface" or "onnx", a damaged checkpoint, or an ONNX graph the
+        importer cannot run (`OnnxError`) (one line each).
       OSError: the weights or the dlib cache cannot be read or written.
-      ModuleNotFoundError: "dlib" without the face_recognition_models package.
+      ModuleNotFoundError: "dlib" without the face_recognition_models package,
+        "onnx" without the onnx package.
 
     Warns:
       UserWarning: the dlib cache was damaged and is rebuilt, the .dat is not

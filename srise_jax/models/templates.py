@@ -23,6 +23,31 @@ ARCFACE_112 = np.array([[38.2946, 51.6963],
                         [70.7299, 92.2041]], dtype=np.float32)
 ARCFACE_112.setflags(write=False)
 
+
+
+def arcface_template(size: int) -> np.ndarray:
+    """`ARCFACE_112` for a square crop of another side, as insightface's `estimate_norm` makes it.
+
+    A side that is a multiple of 112 scales the template by size / 112; any
+    other side is read as a multiple of 128 (size / 128, shifted right by 8
+    pixels of 128), insightface's two conventions.
+
+    Args:
+      size: the crop's side in pixels.
+
+    Returns:
+      Float[ndarray, "5 2"], read-only.
+    """
+    if size % 112 == 0:
+        template = ARCFACE_112 * (size / 112)
+    else:
+        ratio = size / 128
+        template = ARCFACE_112 * ratio + np.array([8 * ratio, 0], np.float32)
+    template = template.astype(np.float32)
+    template.setflags(write=False)
+    return template
+
+
 # Where MTCNN's five points (left eye, right eye, nose tip, left and right
 # mouth corners, as `srise_jax.detect` gives them) fall in the 150x150 chips
 # of dlib's face recognition network: `dlib.get_face_chip(img, shape,
