@@ -139,6 +139,27 @@ def test_graph_that_normalises_itself_is_fed_255x(mbf, onnx_dir):
     assert relative_l2(embed_plain(params_plain, jnp.asarray(images)), reference) <= 1e-4
 
 
+def test_weights_stored_as_constant_nodes_are_params_not_closed_over(mbf, tmp_path):
+    _, path = mbf
+
+    def initializers_to_constants(proto):
+        moved = [t for t in proto.graph.initializer if len(t.dims) == 4]
+        for tensor in moved:
+            proto.graph.node.insert(0, helper.make_node("Constant", [], [tensor.name],
+                                                        value=tensor))
+            proto.graph.initializer.remove(tensor)
+
+    edited = _edited(path, tmp_path, "constants.onnx", initializers_to_constants)
+    graph, params = read_onnx(edited)
+    _, original = read_onnx(path)
+    assert sorted(params["params"]) == sorted(original["params"])
+    assert graph.conv_kernels and not graph.conv_kernels & graph.constants.keys()
+    images = crops(SMALL, seed=12)
+    embed_fn, _ = load_onnx(edited)
+    assert relative_l2(embed_fn(params, jnp.asarray(images)),
+                       onnxruntime_embed(edited, images)) <= 1e-4
+
+
 def test_explicit_input_conventions_override(mbf):
     _, path = mbf
     images = crops(SMALL, seed=4)

@@ -21,8 +21,9 @@ graph's floating-point initializers, float32 (fp16 ones upcast), with the
 running means and variances of BatchNormalization nodes under "batch_stats"
 as the library's Flax models keep them (the sanity check leaves them alone).
 Convolution kernels are stored HWIO, converted once here, because the graph
-runs channels-last. Integer initializers (shapes, axes, pads) are constants
-of the graph, not parameters.
+runs channels-last. Float Constant nodes of more than 64 elements (weights
+some exporters store that way) are parameters too; integer initializers
+(shapes, axes, pads) and small constants are constants of the graph.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ OPSETS = range(9, 19)
 # insightface's rule for graphs that normalise their own input: a Sub and a
 # Mul among the first nodes.
 _NORMALISING_NODES = 8
+# Float Constant nodes with more elements than this are weights: parameters.
+_LARGEST_CLOSED_CONSTANT = 64
 # insightface's default normalisation: the network sees (255 x - 127.5) / 127.5.
 DEFAULT_INPUT_MEAN = 127.5
 DEFAULT_INPUT_STD = 127.5
@@ -210,34 +213,55 @@ def _normalises_itself(nodes: tuple[Node, ...]) -> bool:
     return sub and mul
 
 
-def _split_initializers(path: Path, onnx: Any, model: Any, nodes: tuple[Node, ...]
+def _weight_constants(nodes: tuple[Node, ...]) -> tuple[tuple[Node, ...], dict[str, np.ndarray]]:
+    """Float Constant nodes larger than `_LARGEST_CLOSED_CONSTANT`, taken out of the graph.
+
+    Some exporters store weights as Constant nodes instead of initializers;
+    as parameters they are arguments of `embed_fn`, not constants compiled
+    into the program.
+    """
+    kept, weights = [], {}
+    for node in nodes:
+        value = node.attrs.get("value") if node.op_type == "Constant" else None
+        if (isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
+                and value.size > _LARGEST_CLOSED_CONSTANT):
+            weights[node.outputs[0]] = value
+        else:
+            kept.append(node)
+    return tuple(kept), weights
+
+
+def _split_initializers(path: Path, onnx: Any, model: Any, nodes: tuple[Node, ...],
+                        extra: dict[str, np.ndarray]
                         ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
                                    dict[str, np.ndarray], frozenset[str]]:
-    """(params, batch_stats, constants, conv kernel names) from the graph's initializers."""
+    """(params, batch_stats, constants, conv kernel names) from the graph's initializers
+    and the `extra` weights of `_weight_constants`."""
     uses: dict[str, set[tuple[str, int]]] = {}
     for node in nodes:
         for position, name in enumerate(node.inputs):
             uses.setdefault(name, set()).add((node.op_type, position))
     params, stats, constants, kernels = {}, {}, {}, set()
-    for tensor in model.graph.initializer:
+    tensors = [(t.name, t) for t in model.graph.initializer] + list(extra.items())
+    for name, tensor in tensors:
         try:
-            array = onnx.numpy_helper.to_array(tensor)
+            array = tensor if isinstance(tensor, np.ndarray) else onnx.numpy_helper.to_array(tensor)
         except Exception as error:
-            raise OnnxError(f"{path}: initializer {tensor.name!r} cannot be read "
-                                  f"({type(error).__name__}: {error})") from None
+            raise OnnxError(f"{path}: initializer {name!r} cannot be read "
+                            f"({type(error).__name__}: {error})") from None
         if not np.issubdtype(array.dtype, np.floating):
-            constants[tensor.name] = array
+            constants[name] = array
             continue
         array = array.astype(np.float32)  # fp16 and fp64 initializers: float32 parameters
-        used = uses.get(tensor.name, set())
+        used = uses.get(name, set())
         if used == {("Conv", 1)} and array.ndim == 4:
-            params[tensor.name] = np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))
-            kernels.add(tensor.name)
+            params[name] = np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))
+            kernels.add(name)
         elif used and all(op == "BatchNormalization" and position in (3, 4)
                           for op, position in used):
-            stats[tensor.name] = array
+            stats[name] = array
         else:
-            params[tensor.name] = array
+            params[name] = array
     return params, stats, constants, frozenset(kernels)
 
 
@@ -285,7 +309,8 @@ def read_onnx(path: str | Path, *, input_mean: float | None = None,
     opset = _opset(path, model)
     nodes = _parse_nodes(path, onnx, model, opset)
     input_name, input_size = _input(path, model)
-    params, stats, constants, kernels = _split_initializers(path, onnx, model, nodes)
+    nodes, weights = _weight_constants(nodes)
+    params, stats, constants, kernels = _split_initializers(path, onnx, model, nodes, weights)
     constants = _fold_constants(path, nodes, constants)
     normalised = _normalises_itself(nodes)
     mean = (0.0 if normalised else DEFAULT_INPUT_MEAN) if input_mean is None else float(input_mean)

@@ -235,19 +235,21 @@ def _clip(node: Node, inputs: list[Value]) -> list[Value]:
         low, high = _attr(node, "min"), _attr(node, "max")
     else:
         low, high = _optional_input(node, inputs, 1), _optional_input(node, inputs, 2)
-    if low is not None and not isinstance(low, float):
-        low = jnp.asarray(low).reshape(()) if not isinstance(low, np.ndarray) else low.reshape(())
-    if high is not None and not isinstance(high, float):
-        high = jnp.asarray(high).reshape(()) if not isinstance(high, np.ndarray) else high.reshape(())
+    # Bounds are scalars: attributes, or (opset 11 on) 0-d or 1-element inputs.
+    low, high = (None if v is None else jnp.reshape(v, ()) if not isinstance(v, float) else v
+                 for v in (low, high))
 
     def fn(x: Any) -> Any:
-        dtype = x.dtype
         if low is not None:
-            x = jnp.maximum(x, jnp.asarray(low).astype(dtype))
+            x = jnp.maximum(x, jnp.asarray(low, x.dtype))
         if high is not None:
-            x = jnp.minimum(x, jnp.asarray(high).astype(dtype))
+            x = jnp.minimum(x, jnp.asarray(high, x.dtype))
         return x
-    return _unary(fn, lambda x: np.clip(x, low, high))(node, inputs[:1])
+
+    def np_fn(x: np.ndarray) -> np.ndarray:
+        return np.clip(x, -np.inf if low is None else np.asarray(low),
+                       np.inf if high is None else np.asarray(high))
+    return _unary(fn, np_fn)(node, inputs[:1])
 
 
 def _cast(node: Node, inputs: list[Value]) -> list[Value]:
