@@ -207,3 +207,44 @@ def onnxruntime_embed(path: Path, images: np.ndarray, *, mean: float = 127.5,
                                            providers=["CPUExecutionProvider"])
     x = ((255.0 * images - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
     return session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x)})[0]
+
+
+def tiny_graph(path: Path, *, opset: int = 9, side: int = 16, dim: int = 8, seed: int = 0) -> Path:
+    """A small face-embedding graph written with onnx.helper (no exporter): fast to compile.
+
+    Conv 3x3 (+ bias) -> Relu -> Conv 3x3 stride 2 -> PRelu -> GlobalAveragePool
+    -> Flatten -> Gemm (transB), on [N, 3, side, side]; opset 9 by default,
+    the oldest the importer supports.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def weight(name, *shape, scale=0.3):
+        return numpy_helper.from_array((scale * rng.normal(size=shape)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1],
+                         kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1],
+                         strides=[2, 2], kernel_shape=[3, 3]),
+        helper.make_node("PRelu", ["c2", "slope"], ["p2"], name="prelu2"),
+        helper.make_node("GlobalAveragePool", ["p2"], ["g"], name="pool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fc_b"], ["embedding"], name="fc", transB=1),
+    ]
+    initializers = [weight("w1", 8, 3, 3, 3), weight("b1", 8, scale=0.1),
+                    weight("w2", 8, 8, 3, 3, scale=0.2), weight("slope", 8, 1, 1, scale=0.1),
+                    weight("fc", dim, 8), weight("fc_b", dim, scale=0.1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                      ["batch", 3, side, side])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7  # what ONNX Runtime reads for these opsets
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

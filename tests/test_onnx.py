@@ -29,6 +29,7 @@ from onnx_nets import (  # noqa: E402
     export,
     onnxruntime_embed,
     randomize_bn_,
+    tiny_graph,
 )
 from torch_iresnet import TorchIResNet, randomize_  # noqa: E402
 
@@ -36,6 +37,7 @@ from srise_jax import explainers, models  # noqa: E402
 from srise_jax.models import OnnxError, load_onnx, onnx_feature_fns, read_onnx  # noqa: E402
 
 SMALL = 32  # MobileFaceNetish and PoolsAndPads take 32x32 crops
+TINY = 16  # tiny_graph's crops: quick to compile, for the explainers and sharding
 
 
 def relative_l2(ours, reference):
@@ -58,6 +60,12 @@ def mbf(onnx_dir):
     net = randomize_bn_(MobileFaceNetish(input_size=SMALL), seed=1)
     return net, export(net, onnx_dir / "mbf.onnx", input_size=SMALL, opset=13,
                        keep_batchnorm=True)
+
+
+@pytest.fixture(scope="session")
+def tiny(onnx_dir):
+    """A two-convolution graph written with onnx.helper at opset 9."""
+    return tiny_graph(onnx_dir / "tiny.onnx", side=TINY)
 
 
 @pytest.fixture(scope="session")
@@ -254,14 +262,24 @@ def test_feature_split_reproduces_the_network(r18_onnx, mbf):
         onnx_feature_fns(graph, layer=inner)
 
 
-def test_every_explainer_runs_on_an_imported_model(mbf, onnx_dir):
+def test_opset9_graph_written_by_hand_matches_onnxruntime(tiny):
+    images = crops(TINY, seed=13)
+    embed_fn, params = load_onnx(tiny)
+    assert relative_l2(embed_fn(params, jnp.asarray(images)),
+                       onnxruntime_embed(tiny, images)) <= 1e-4
+
+
+def test_every_explainer_runs_on_an_imported_model(mbf, tiny):
     _, path = mbf
     model = models.load("onnx", path)
     assert model.threshold == models.ARCFACE_THRESHOLD and model.image_size == SMALL
     names = [group for group, _ in model.layer_groups]
     members = [m for _, group in model.layer_groups for m in group]
     assert sorted(members) == sorted(model.params["params"]) and len(names) == 6
-    image, reference = jnp.asarray(crops(SMALL, count=2, seed=10))
+    # The explainers themselves run on the tiny graph: the same importer, a
+    # fraction of the compile time.
+    model = models.load("onnx", tiny)
+    image, reference = jnp.asarray(crops(TINY, count=2, seed=10))
     small = {"srise": dict(num_masks=16, batch_size=8), "rise": dict(num_masks=16, batch_size=8),
              "corrrise_similar": dict(num_masks=16, batch_size=8),
              "corrrise_dissimilar": dict(num_masks=16, batch_size=8),
@@ -270,7 +288,7 @@ def test_every_explainer_runs_on_an_imported_model(mbf, onnx_dir):
     for name in explainers.list_explainers():
         saliency = explainers.get_explainer(name)(model.embed_fn, model.params, image, reference,
                                                   jax.random.key(0), **small.get(name, {}))
-        assert saliency.shape == (SMALL, SMALL), name
+        assert saliency.shape == (TINY, TINY), name
         assert bool(jnp.all(jnp.isfinite(saliency))), name
 
 
@@ -280,7 +298,7 @@ import jax, jax.numpy as jnp, numpy as np
 from srise_jax import explainers
 from srise_jax.models import load_onnx
 embed_fn, params = load_onnx(sys.argv[1])
-image, reference = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
+image, reference = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 3), np.float32))
 srise = explainers.get_explainer("srise")
 options = dict(num_masks=8, batch_size=2)
 one = srise(embed_fn, params, image, reference, jax.random.key(1), **options)
@@ -291,8 +309,8 @@ print(json.dumps({"devices": jax.device_count(), "diff": float(jnp.max(jnp.abs(o
 """
 
 
-def test_sharded_srise_on_four_devices_equals_one(mbf, tmp_path):
-    _, path = mbf
+def test_sharded_srise_on_four_devices_equals_one(tiny, tmp_path):
+    path = tiny
     script = tmp_path / "shard.py"
     script.write_text(SHARD_SCRIPT)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
