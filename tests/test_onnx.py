@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch", reason="torch is needed to export the test 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import onnx  # noqa: E402
+import onnx.numpy_helper  # noqa: E402
 from onnx import helper  # noqa: E402
 from onnx_nets import (  # noqa: E402
     MobileFaceNetish,
@@ -31,7 +32,7 @@ from onnx_nets import (  # noqa: E402
     randomize_bn_,
     tiny_graph,
 )
-from torch_iresnet import TorchIResNet, randomize_  # noqa: E402
+from torch_iresnet import TorchIResNet, randomize_, torch_embed  # noqa: E402
 
 from srise_jax import explainers, models  # noqa: E402
 from srise_jax.models import OnnxError, load_onnx, onnx_feature_fns, read_onnx  # noqa: E402
@@ -57,6 +58,7 @@ def onnx_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mbf(onnx_dir):
     """The MobileFaceNet-shaped net, BatchNormalization nodes kept, opset 13, dynamic batch."""
+    torch.manual_seed(1)  # the convolution weights: PyTorch's default init, seeded
     net = randomize_bn_(MobileFaceNetish(input_size=SMALL), seed=1)
     return net, export(net, onnx_dir / "mbf.onnx", input_size=SMALL, opset=13,
                        keep_batchnorm=True)
@@ -114,12 +116,20 @@ def test_r18_matches_onnxruntime_and_pytorch(r18_onnx):
     embed_fn, params = load_onnx(r18_onnx)
     ours = jax.jit(embed_fn)(params, jnp.asarray(images))
     assert relative_l2(ours, onnxruntime_embed(r18_onnx, images)) <= 1e-4
-    # The batch-norm statistics sit under "batch_stats", convolution kernels are HWIO.
+    # And the PyTorch network it was exported from (same seed, same weights).
+    net = randomize_(TorchIResNet(models.ARCH_BLOCKS["r18"]), seed=0)
+    assert relative_l2(ours, torch_embed(net, images)) <= 1e-4
+    # The batch-norm statistics sit under "batch_stats"; every convolution
+    # kernel is the file's OIHW initializer, transposed once to HWIO.
     graph, _ = read_onnx(r18_onnx)
     assert len(params["batch_stats"]) == 2 * sum(
         n.op_type == "BatchNormalization" for n in graph.nodes)
-    kernel = params["params"][sorted(graph.conv_kernels)[0]]
-    assert kernel.ndim == 4 and kernel.shape[2] in (3, 64, 128, 256, 512)
+    stored = {t.name: onnx.numpy_helper.to_array(t)
+              for t in onnx.load(str(r18_onnx)).graph.initializer}
+    assert len(graph.conv_kernels) == sum(n.op_type == "Conv" for n in graph.nodes)
+    for name in graph.conv_kernels:
+        np.testing.assert_array_equal(params["params"][name],
+                                      np.transpose(stored[name], (2, 3, 1, 0)))
 
 
 @pytest.mark.slow
@@ -205,22 +215,29 @@ def test_bfloat16_computes_close_to_float32(mbf):
 # Transformations: jit, vmap, grad, Grad-CAM's split, sharding
 # ----------------------------------------------------------------------------
 
-def test_jit_vmap_and_grad_through_the_graph(mbf):
+def test_jit_vmap_and_grad_through_the_graph(mbf, tiny):
+    # vmap and parameter gradients on the tiny graph (cheap to compile).
+    tiny_embed, tiny_params = load_onnx(tiny)
+    images = jnp.asarray(crops(TINY, count=4, seed=6))
+    whole = jax.jit(tiny_embed)(tiny_params, images)
+    stacked = jax.jit(jax.vmap(tiny_embed, in_axes=(None, 0)))(
+        tiny_params, images.reshape(2, 2, TINY, TINY, 3))
+    np.testing.assert_allclose(stacked.reshape(4, -1), whole, rtol=1e-5, atol=1e-5)
+    # The gradient with respect to the parameters flows too (a fine-tuning user needs it).
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(tiny_embed(p, images[:1]) ** 2)))(tiny_params)
+    assert all(bool(jnp.any(g != 0)) for g in jax.tree_util.tree_leaves(grads["params"]))
+
+    # The gradient of a score through the MobileFaceNet, against central
+    # differences of its PyTorch twin in float64 (float32 differences of a
+    # deep net are mostly rounding).
     _, path = mbf
     embed_fn, params = load_onnx(path)
-    images = jnp.asarray(crops(SMALL, count=4, seed=6))
-    whole = embed_fn(params, images)
-    stacked = jax.vmap(embed_fn, in_axes=(None, 0))(params, images.reshape(2, 2, SMALL, SMALL, 3))
-    np.testing.assert_allclose(stacked.reshape(4, -1), whole, rtol=1e-5, atol=1e-5)
-
-    # The gradient of a score, against central differences of the PyTorch
-    # twin in float64 (float32 differences of a deep net are mostly rounding).
-    direction = np.random.default_rng(7).normal(size=whole.shape[1])
+    image = crops(SMALL, count=1, seed=6)[0]
+    direction = np.random.default_rng(7).normal(size=32)
 
     def score(image):
         return jnp.dot(embed_fn(params, image[None])[0], jnp.asarray(direction, jnp.float32))
 
-    image = np.asarray(images[0])
     gradient = np.asarray(jax.jit(jax.grad(score))(jnp.asarray(image)), np.float64)
     twin = mbf[0].double()
     try:
@@ -236,9 +253,6 @@ def test_jit_vmap_and_grad_through_the_graph(mbf):
     finally:
         twin.float()
     assert float(np.vdot(gradient, tangent)) == pytest.approx(finite, rel=1e-3)
-    # The gradient with respect to the parameters flows too (a fine-tuning user needs it).
-    grads = jax.grad(lambda p: jnp.sum(embed_fn(p, images[:1])))(params)
-    assert all(bool(jnp.any(g != 0)) for g in jax.tree_util.tree_leaves(grads["params"]))
 
 
 def test_feature_split_reproduces_the_network(r18_onnx, mbf):
@@ -269,16 +283,13 @@ def test_opset9_graph_written_by_hand_matches_onnxruntime(tiny):
                        onnxruntime_embed(tiny, images)) <= 1e-4
 
 
-def test_every_explainer_runs_on_an_imported_model(mbf, tiny):
-    _, path = mbf
-    model = models.load("onnx", path)
-    assert model.threshold == models.ARCFACE_THRESHOLD and model.image_size == SMALL
-    names = [group for group, _ in model.layer_groups]
-    members = [m for _, group in model.layer_groups for m in group]
-    assert sorted(members) == sorted(model.params["params"]) and len(names) == 6
-    # The explainers themselves run on the tiny graph: the same importer, a
-    # fraction of the compile time.
+def test_every_explainer_runs_on_an_imported_model(tiny):
+    # The tiny graph: the same importer as any other, a fraction of the compile time.
     model = models.load("onnx", tiny)
+    assert model.threshold == models.ARCFACE_THRESHOLD and model.image_size == TINY
+    # The sanity check's groups hold every parameter once: one per parameter-using node here.
+    members = [m for _, group in model.layer_groups for m in group]
+    assert sorted(members) == sorted(model.params["params"]) and len(model.layer_groups) == 4
     image, reference = jnp.asarray(crops(TINY, count=2, seed=10))
     small = {"srise": dict(num_masks=16, batch_size=8), "rise": dict(num_masks=16, batch_size=8),
              "corrrise_similar": dict(num_masks=16, batch_size=8),
