@@ -120,7 +120,7 @@ def _read_model(path: Path) -> Any:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf's DecodeError and friends
         raise OnnxError(f"{path}: not a readable ONNX model ({type(error).__name__}: "
-                              f"{error})") from None
+                        f"{error})") from None
     if not model.HasField("graph") or not model.graph.node or not model.graph.input:
         raise OnnxError(f"{path}: not an ONNX model (no graph, nodes or inputs)")
     external = [t.name for t in model.graph.initializer
@@ -144,7 +144,7 @@ def _opset(path: Path, model: Any) -> int:
     opset = int(versions[0])
     if opset not in OPSETS:
         raise OnnxError(f"{path}: opset {opset} is not supported (opsets {OPSETS.start}-"
-                              f"{OPSETS.stop - 1}); re-export the model with one of them")
+                        f"{OPSETS.stop - 1}); re-export the model with one of them")
     return opset
 
 
@@ -170,7 +170,7 @@ def _parse_nodes(path: Path, onnx: Any, model: Any, opset: int) -> tuple[Node, .
         if proto.domain not in ("", "ai.onnx") or proto.op_type not in OPS:
             domain = f" of domain {proto.domain!r}" if proto.domain else ""
             raise OnnxError(f"{path}: node {name!r} has operator {proto.op_type!r}"
-                                  f"{domain}, which is not supported; supported: {supported}")
+                            f"{domain}, which is not supported; supported: {supported}")
         node = Node(name, proto.op_type, tuple(proto.input), tuple(proto.output),
                     _attributes(onnx, proto), opset)
         try:
@@ -187,21 +187,21 @@ def _input(path: Path, model: Any) -> tuple[str, int]:
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
         raise OnnxError(f"{path}: expected one image input, the graph has "
-                              f"{[i.name for i in inputs]}")
+                        f"{[i.name for i in inputs]}")
     (graph_input,) = inputs
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in graph_input.type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3:
         raise OnnxError(f"{path}: input {graph_input.name!r} has shape {dims}; a "
-                              "[batch, 3, height, width] image input is expected")
+                        "[batch, 3, height, width] image input is expected")
     height, width = dims[2], dims[3]
     if not isinstance(height, int) or not isinstance(width, int) or height == 0:
         raise OnnxError(f"{path}: input {graph_input.name!r} has a dynamic image size "
-                              f"{dims}, which is not supported; export it with a fixed size "
-                              "(112x112 for insightface's models)")
+                        f"{dims}, which is not supported; export it with a fixed size "
+                        "(112x112 for insightface's models)")
     if height != width:
         raise OnnxError(f"{path}: input {graph_input.name!r} is {height}x{width}; only "
-                              "square inputs are supported")
+                        "square inputs are supported")
     return graph_input.name, int(height)
 
 
@@ -327,7 +327,7 @@ def read_onnx(path: str | Path, *, input_mean: float | None = None,
     output_shape = shapes.get(output_name)
     if output_shape is None or len(output_shape) != 2:
         raise OnnxError(f"{path}: output {output_name!r} has shape {output_shape}; an "
-                              "embedding [batch, D] is expected")
+                        "embedding [batch, D] is expected")
     graph = dataclasses.replace(graph, shapes=shapes, embedding_dim=int(output_shape[1]))
     return graph, variables
 
@@ -359,8 +359,8 @@ def _evaluate(graph: OnnxGraph, variables: PyTree, env: dict[str, Value], *, sta
             inputs = [env[name] if name else None for name in node.inputs]
         except KeyError as missing:
             raise OnnxError(f"node {node.name!r} ({node.op_type}): input {missing} is not "
-                              "computed before it (the graph is not in topological order, or "
-                              "the network was split at a layer that other branches skip)"
+                            "computed before it (the graph is not in topological order, or "
+                            "the network was split at a layer that other branches skip)"
                               ) from None
         outputs = OPS[node.op_type](node, inputs)
         for name, value in zip(node.outputs, outputs):
@@ -402,6 +402,18 @@ def _check_images(graph: OnnxGraph, images: jax.Array) -> None:
                          f"{graph.input_size}, 3], got {tuple(images.shape)}")
 
 
+def _run_until(graph: OnnxGraph, params: PyTree, images: jax.Array, dtype: Any,
+               tensor: str) -> Value:
+    """The value of `tensor` for these crops (nodes after it are not evaluated)."""
+    _check_images(graph, images)
+
+    def run() -> Value:
+        env = {graph.input_name: _network_input(graph, images, dtype)}
+        with jax.numpy_dtype_promotion("standard"):
+            return _evaluate(graph, params, env, stop=tensor)[tensor]
+    return _with_path(graph, run)
+
+
 def onnx_embed_fn(graph: OnnxGraph, *, dtype: Any = jnp.float32) -> EmbedFn:
     """The embed function of a parsed graph.
 
@@ -418,14 +430,8 @@ def onnx_embed_fn(graph: OnnxGraph, *, dtype: Any = jnp.float32) -> EmbedFn:
     dtype = jnp.dtype(dtype)
 
     def embed_fn(params: PyTree, images: jax.Array) -> jax.Array:
-        _check_images(graph, images)
-
-        def run() -> jax.Array:
-            env = {graph.input_name: _network_input(graph, images, dtype)}
-            with jax.numpy_dtype_promotion("standard"):
-                env = _evaluate(graph, params, env, stop=graph.output_name)
-            return jnp.asarray(logical(env[graph.output_name]), jnp.float32)
-        return _with_path(graph, run)
+        output = _run_until(graph, params, images, dtype, graph.output_name)
+        return jnp.asarray(logical(output), jnp.float32)
 
     embed_fn.__name__ = embed_fn.__qualname__ = f"onnx_embed_fn[{graph.path.name}]"
     embed_fn.__doc__ = (f"Embeddings [B, {graph.embedding_dim}] of {graph.path.name} for crops "
@@ -507,7 +513,7 @@ def _produced_by(graph: OnnxGraph, tensor: str) -> int:
         if tensor in node.outputs:
             return index
     raise OnnxError(f"{graph.path}: no node computes a tensor named {tensor!r}; "
-                          "name a node output as the layer")
+                    "name a node output as the layer")
 
 
 def _check_split(graph: OnnxGraph, cut: int, layer: str) -> None:
@@ -550,21 +556,15 @@ def onnx_feature_fns(graph: OnnxGraph | str | Path, *, layer: str | None = None,
     shape = graph.shapes.get(layer)
     if shape is None or len(shape) != 4:
         raise OnnxError(f"{graph.path}: layer {layer!r} has shape {shape}; a 4-D "
-                              "feature map is needed")
+                        "feature map is needed")
     _check_split(graph, cut, layer)
     dtype = jnp.dtype(dtype)
 
     def features_fn(params: PyTree, images: jax.Array) -> jax.Array:
-        _check_images(graph, images)
-
-        def run() -> jax.Array:
-            env = {graph.input_name: _network_input(graph, images, dtype)}
-            with jax.numpy_dtype_promotion("standard"):
-                value = _evaluate(graph, params, env, stop=layer)[layer]
-            if isinstance(value, ChannelsLast):
-                return value.array
-            return jnp.transpose(jnp.asarray(value), (0, 2, 3, 1))
-        return _with_path(graph, run)
+        value = _run_until(graph, params, images, dtype, layer)
+        if isinstance(value, ChannelsLast):
+            return value.array
+        return jnp.transpose(jnp.asarray(value), (0, 2, 3, 1))
 
     def head_fn(params: PyTree, features: jax.Array) -> jax.Array:
         def run() -> jax.Array:

@@ -147,9 +147,12 @@ def _match_float(values: list[Value]) -> list[Value]:
     dtype = min(floats, key=lambda d: d.itemsize)
     out = []
     for v in values:
-        if v is not None and jnp.issubdtype(_dtype(v), jnp.floating) and jnp.dtype(_dtype(v)) != dtype:
-            v = ChannelsLast(v.array.astype(dtype)) if isinstance(v, ChannelsLast) else v.astype(dtype)
-        out.append(v)
+        if v is None or not jnp.issubdtype(_dtype(v), jnp.floating) or _dtype(v) == dtype:
+            out.append(v)
+        elif isinstance(v, ChannelsLast):
+            out.append(ChannelsLast(v.array.astype(dtype)))
+        else:
+            out.append(v.astype(dtype))
     return out
 
 
