@@ -3,14 +3,16 @@
 A test run from the repository imports `srise_jax` from the working tree, so
 a file missing from the wheel (an asset, a subpackage the package finder
 misses, `py.typed`) would go unnoticed: this test installs the wheel in a
-venv outside the repository and runs `srise-jax demo` there. About 50 s of
-CPU time: the demo's detection, two triplets and their Deletion/Insertion
-curves; the wheel, the venv and dlib's conversion take a few seconds.
+venv outside the repository and runs `srise-jax demo` there, checking its
+answers with dlib (the suite's one dlib demo run). About 40 s of CPU time:
+the demo's detection, two triplets and their Deletion/Insertion curves; the
+wheel, the venv and dlib's conversion take a few seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from srise_jax.metrics import UNDEFINED_REASONS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("srise_jax", "weights_conversion")
@@ -92,8 +96,28 @@ def test_the_installed_wheel_runs_the_demo_from_outside_the_repository(wheel, tm
     assert Path(where).is_relative_to(venv), where
 
     out = tmp_path / "demo"
-    _run([venv / "bin" / "srise-jax", "demo", "--num-masks", "16", "--out", out],
-         cwd=tmp_path, env=env, timeout=300)
+    printed = _run([venv / "bin" / "srise-jax", "demo", "--num-masks", "16", "--batch-size", "8",
+                    "--metric-step", "2250", "--out", out], cwd=tmp_path, env=env,
+                   timeout=300).stdout
     assert sorted(path.name for path in out.iterdir()) == ["occlusion.png", "scores.json",
                                                            "triplet.png"]
     assert all(path.stat().st_size > 0 for path in out.iterdir())
+    # The demo's answers with dlib (this is the suite's only dlib demo run).
+    report = json.loads((out / "scores.json").read_text())
+    assert report["model"].startswith("dlib")
+    # dlib's own rule on the sample photos: obama matches obama2, not biden.
+    assert report["triplet"]["match"] == {"mate": True, "nonmate": False}
+    # No fraction that no map could change: the rejected pair's four are
+    # undefined (Insertion used to report 1.0 there), each with its reason.
+    for name in ("probe_vs_nonmate", "nonmate_vs_probe"):
+        for metric in ("deletion", "insertion"):
+            entry = report["triplet"]["metrics"][name][metric]
+            assert entry["fraction"] is None and entry["reason"] == "rejected", entry
+    for triplet in ("triplet", "occlusion"):
+        assert all(-1.0 <= v <= 1.0 for v in report[triplet]["similarity"].values())
+        for by_metric in report[triplet]["metrics"].values():
+            for entry in by_metric.values():
+                assert (0.0 < entry["fraction"] < 1.0 if entry["fraction"] is not None
+                        else entry["reason"] in UNDEFINED_REASONS), entry
+    # The masked probe is named for what it is, and its pair by the decision.
+    assert "probe vs probe with a surgical mask" in printed

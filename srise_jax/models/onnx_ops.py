@@ -175,7 +175,7 @@ def _axis(node: Node, axis: int, rank: int) -> int:
     return axis % rank
 
 
-def _optional_input(node: Node, inputs: list[Value], index: int) -> Value:
+def _optional_input(inputs: list[Value], index: int) -> Value:
     return inputs[index] if index < len(inputs) else None
 
 
@@ -237,7 +237,7 @@ def _clip(node: Node, inputs: list[Value]) -> list[Value]:
     if node.opset < 11:
         low, high = _attr(node, "min"), _attr(node, "max")
     else:
-        low, high = _optional_input(node, inputs, 1), _optional_input(node, inputs, 2)
+        low, high = _optional_input(inputs, 1), _optional_input(inputs, 2)
     # Bounds are scalars: attributes, or (opset 11 on) 0-d or 1-element inputs.
     low, high = (None if v is None else jnp.reshape(v, ()) if not isinstance(v, float) else v
                  for v in (low, high))
@@ -309,7 +309,7 @@ def _matmul(node: Node, inputs: list[Value]) -> list[Value]:
 
 def _gemm(node: Node, inputs: list[Value]) -> list[Value]:
     a, b = _head_float32(*inputs[:2])
-    c = _optional_input(node, inputs, 2)
+    c = _optional_input(inputs, 2)
     if a.ndim != 2 or b.ndim != 2:
         raise node.error(f"Gemm takes 2-D inputs, got shapes {a.shape} and {b.shape}")
     if _attr(node, "transA", 0):
@@ -351,7 +351,7 @@ def _spatial_padding(node: Node, in_sizes: Sequence[int], kernel: Sequence[int],
 
 def _conv(node: Node, inputs: list[Value]) -> list[Value]:
     x, w = inputs[0], inputs[1]
-    bias = _optional_input(node, inputs, 2)
+    bias = _optional_input(inputs, 2)
     if not isinstance(x, ChannelsLast):
         if np.ndim(x) != 4:
             raise node.error(f"only 2-D convolutions are supported (a 4-D input), got rank "
@@ -539,7 +539,7 @@ def _axes(node: Node, inputs: list[Value], *, attribute_until: int) -> list[int]
     if node.opset < attribute_until:
         axes = _attr(node, "axes")
         return None if axes is None else [int(a) for a in axes]
-    given = _optional_input(node, inputs, 1)
+    given = _optional_input(inputs, 1)
     return None if given is None else [int(a) for a in _static(node, given, "axes")]
 
 
@@ -587,9 +587,9 @@ def _pad(node: Node, inputs: list[Value]) -> list[Value]:
         axes = list(range(rank))
     else:
         pads = [int(p) for p in _static(node, inputs[1], "pads")]
-        given = _optional_input(node, inputs, 2)
+        given = _optional_input(inputs, 2)
         value = 0.0 if given is None else float(np.asarray(_static(node, given, "constant_value")))
-        axes_input = _optional_input(node, inputs, 3)
+        axes_input = _optional_input(inputs, 3)
         axes = (list(range(rank)) if axes_input is None
                 else [_axis(node, int(a), rank) for a in _static(node, axes_input, "axes")])
     if any(p < 0 for p in pads):
@@ -641,8 +641,8 @@ def _slice(node: Node, inputs: list[Value]) -> list[Value]:
     else:
         starts = _static(node, inputs[1], "starts")
         ends = _static(node, inputs[2], "ends")
-        axes = _optional_input(node, inputs, 3)
-        steps = _optional_input(node, inputs, 4)
+        axes = _optional_input(inputs, 3)
+        steps = _optional_input(inputs, 4)
         axes = None if axes is None else _static(node, axes, "axes")
         steps = None if steps is None else _static(node, steps, "steps")
     axes = range(len(starts)) if axes is None else axes
