@@ -14,12 +14,16 @@ sigma 7, absolute pixels on dlib's 150x150 chips).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from srise_jax import align, data, masks, models, presets, sanity, srise
+from srise_jax import masks, models, presets, sanity, srise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sample_pair import sample_pair  # noqa: E402
 
 
 def main() -> None:
@@ -29,10 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = models.load("dlib")
-    photos = data.sample_faces()
-    probe, mate = (jnp.asarray(align.detect_and_align(
-        photos[name], size=model.image_size, template=model.template).face)
-        for name in ("obama", "obama2"))
+    probe, mate = sample_pair(model)
     paper = presets.PAPER
     stack = masks.gaussian_masks(jax.random.key(args.key), args.num_masks, probe.shape[:2],
                                  num_patches=paper["num_patches"],

@@ -18,11 +18,15 @@ the same key gives the same random map, and the centred prior has no input.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from srise_jax import align, benchmark, data, models, sanity
+from srise_jax import benchmark, models, sanity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sample_pair import sample_pair  # noqa: E402
 
 
 def main() -> None:
@@ -33,10 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = models.load("dlib")
-    photos = data.sample_faces()
-    probe, mate = (jnp.asarray(align.detect_and_align(
-        photos[name], size=model.image_size, template=model.template).face)
-        for name in ("obama", "obama2"))
+    probe, mate = sample_pair(model)
     methods = benchmark.parse_methods(args.methods)
     parts = benchmark.make_explain_fns(model.embed_fn, methods, feature_fns=model.feature_fns,
                                        batch_size=args.batch_size)

@@ -22,14 +22,19 @@ Spearman again after that fit's residuals replace the scores.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from srise_jax import align, data, models, sanity, srise
+from srise_jax import models, sanity, srise
 from srise_jax.explainers import get_explainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sample_pair import sample_pair  # noqa: E402
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -51,11 +56,9 @@ def main() -> None:
                         help="also regress the scores on each mask's kept area (see above)")
     args = parser.parse_args()
 
-    embed_fn, params = models.load_dlib()
-    photos = data.sample_faces()
-    probe, mate = (jnp.asarray(align.detect_and_align(
-        photos[name], size=models.DLIB_INPUT_SIZE, template=align.DLIB_150).face)
-        for name in ("obama", "obama2"))
+    model = models.load("dlib")
+    embed_fn, params = model.embed_fn, model.params
+    probe, mate = sample_pair(model)
     for patches, masks in args.settings:
         explainer = functools.partial(get_explainer("srise"), num_masks=masks,
                                       batch_size=args.batch_size, num_patches=patches)
