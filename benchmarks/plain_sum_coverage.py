@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from srise_jax import masks, models, presets, sanity, srise
+from srise_jax import models, presets, sanity, srise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_pair import sample_pair  # noqa: E402
@@ -34,12 +34,12 @@ def main() -> None:
 
     model = models.load("dlib")
     probe, mate = sample_pair(model)
-    paper = presets.PAPER
-    stack = masks.gaussian_masks(jax.random.key(args.key), args.num_masks, probe.shape[:2],
-                                 num_patches=paper["num_patches"],
-                                 kernel_size=paper["kernel_size"], sigma=paper["sigma"])
-    result = srise.srise_pair(model.embed_fn, model.params, probe, mate, stack, batch_size=50,
-                              fill=paper["fill"], normalize=paper["normalize"])
+    paper = presets.preset("paper", num_masks=args.num_masks, batch_size=50)
+    stack = srise.config_masks(paper, probe.shape[:2])(
+        srise.config_sources(paper, jax.random.key(args.key)))
+    result = srise.srise_pair(model.embed_fn, model.params, probe, mate, stack,
+                              batch_size=paper.batch_size, fill=paper.fill,
+                              normalize=paper.normalize)
     scores = np.asarray(result.scores_a)
     rho = float(sanity.rank_correlation(result.saliency_a, stack.sum(0)))
     print(f"{args.num_masks} masks: scores {scores.mean():.4f} +- {scores.std():.4f}; "

@@ -7,7 +7,8 @@ Each argument is PATCHES:MASKS. For each, this runs the check of
 sample photos): `sanity.cascading_randomization` of the default S-RISE with
 that many patches per mask and masks per map, randomizing dlib's layer
 groups from the top (fc) down to the stem. It prints one line per setting:
-the Spearman correlation of each randomized map to the original one. A map
+the mean value of its masks (how much of the face they keep) and the
+Spearman correlation of each randomized map to the original one. A map
 that depends on the network ends far below 0.5; issue 14 asks that the
 default's last value stay below 0.5.
 
@@ -22,9 +23,9 @@ Spearman again after that fit's residuals replace the scores.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -66,26 +67,38 @@ def main() -> None:
                                                 jax.random.key(args.key))
         steps = " ".join(f"{name}={float(rho):.3f}"
                          for name, rho in zip(result.steps, result.spearman))
-        print(f"patches {patches}, masks {masks}: {steps}", flush=True)
+        print(f"patches {patches}, masks {masks} (mean mask value "
+              f"{_kept(probe.shape[:2], patches, masks, jax.random.key(args.key)):.2f}): {steps}",
+              flush=True)
         if args.area:
             print(_area_check(embed_fn, params, probe, mate, jax.random.key(args.key),
                               patches=patches, masks=masks, batch_size=args.batch_size),
                   flush=True)
 
 
+def _masks(shape, patches, masks, key) -> np.ndarray:
+    """The default S-RISE's masks with `patches` per mask, as the check's explainer draws them."""
+    explain_key, _ = jax.random.split(key)  # as `sanity.cascading_randomization` splits it
+    config = srise.SRiseConfig(num_masks=masks, num_patches=patches)
+    return np.asarray(srise.config_masks(config, shape)(srise.config_sources(config, explain_key)))
+
+
+def _kept(shape, patches, masks, key) -> float:
+    return float(_masks(shape, patches, masks, key).mean())
+
+
 def _area_check(embed_fn, params, probe, mate, key, *, patches, masks, batch_size) -> str:
     """The kept-area test of --area, with the masks and weights of the check's last step."""
     # The same split and fold-ins as `sanity.cascading_randomization`, so the
     # masks and the fully randomized weights are those of its last step.
-    explain_key, model_key = jax.random.split(key)
+    _, model_key = jax.random.split(key)
     randomized = params
     for step, name in enumerate(sanity.layer_groups(params)):
         randomized = sanity.randomize(randomized, (name,), jax.random.fold_in(model_key, step))
-    config = srise.SRiseConfig(num_masks=masks, num_patches=patches, batch_size=batch_size)
-    stack = srise.config_masks(config, probe.shape[:2])(srise.config_sources(config, explain_key))
-    area = np.asarray(stack).mean((1, 2))
+    stack = _masks(probe.shape[:2], patches, masks, key)
+    area = stack.mean((1, 2))
     design = np.stack([np.ones_like(area), area], 1)
-    coverage = np.asarray(stack).sum(0)
+    coverage = stack.sum(0)
     parts, maps = [], {}
     for label, weights in (("original", params), ("randomized", randomized)):
         scores = np.asarray(srise.srise_pair(embed_fn, weights, probe, mate, stack,
@@ -93,7 +106,7 @@ def _area_check(embed_fn, params, probe, mate, key, *, patches, masks, batch_siz
         coef, *_ = np.linalg.lstsq(design, scores, rcond=None)
         residual = scores - design @ coef
         parts.append(f"R^2 on kept area ({label}) {1 - residual.var() / scores.var():.3f}")
-        maps[label] = np.tensordot(residual, np.asarray(stack), 1) / coverage
+        maps[label] = np.tensordot(residual, stack, 1) / coverage
     rho = float(sanity.rank_correlation(jnp.asarray(maps["original"]),
                                         jnp.asarray(maps["randomized"])))
     return "  " + ", ".join(parts) + f"; last Spearman with the area regressed out {rho:.3f}"
