@@ -1,5 +1,8 @@
 """Shared fixtures: fresh keys and small planted models whose answers are known."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -8,6 +11,41 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# One XLA compilation cache for the whole run, shared by the xdist workers and
+# by the processes tests start (CLI, notebooks, the wheel's demo, the
+# multi-device scripts): many tests compile the same programs, and on 2 CPU
+# cores compiling is much of the suite's time. The process that makes the
+# directory (the xdist controller, or pytest without workers) removes it at
+# the end; workers and subprocesses inherit it through the environment.
+_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None,
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    _CACHE_ENV["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="srise-jax-tests-xla-")
+    os.environ.update(_CACHE_ENV)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1)))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                  int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker per usable core, at most 4.
+
+    Each worker holds its own JAX runtime and models (1-3 GB at peak), and
+    XLA already spreads one computation over the cores, so more workers
+    than 4 add memory, not speed. `-n 0` runs the suite in one process.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 4))
 
 # CI clones the repository beside ../shared, which holds data/lfw-dev. The
 # tests that need lfw-dev skip with a reason naming it; where ../shared
