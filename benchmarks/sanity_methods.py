@@ -51,6 +51,7 @@ def main() -> None:
             result = sanity.cascading_randomization(
                 explainer, model.embed_fn, model.params, probe, mate, jax.random.key(args.key),
                 groups=model.layer_groups)
+            # nan: a constant map, whose ranking is undefined.
             steps = " ".join(f"{name}={float(rho):.3f}"
                              for name, rho in zip(result.steps, result.spearman))
             print(f"{label}: {steps}", flush=True)

@@ -45,7 +45,7 @@ class SanityResult(NamedTuple):
       maps: Float[Array, "s+1 h w"]: the original model's map, then the map
         after each step.
       spearman: Float[Array, "s"] rank correlation of each step's map with the
-        original.
+        original (`rank_correlation`: NaN where either map is constant).
       ssim: Float[Array, "s"] SSIM of each step's map with the original.
     """
 
@@ -170,9 +170,12 @@ def rank_correlation(a: jax.Array, b: jax.Array) -> jax.Array:
       a, b: Float[Array, "h w"].
 
     Returns:
-      Float[Array, ""] in [-1, 1]; 0 if either map is constant.
+      Float[Array, ""] in [-1, 1]; NaN if either map is constant. A map
+      that randomization flattened has no ranking left to compare: it is
+      undefined, not "decorrelated" (a 0 would pass the check's < 0.5).
     """
-    return spearman(a.ravel(), b.ravel())
+    flat = (jnp.max(a) == jnp.min(a)) | (jnp.max(b) == jnp.min(b))
+    return jnp.where(flat, jnp.nan, spearman(a.ravel(), b.ravel()))
 
 
 def _gaussian_window() -> np.ndarray:

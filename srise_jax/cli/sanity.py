@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from srise_jax import data, outputs, sanity, viz
 from srise_jax.cli import common, pipeline
@@ -75,3 +76,6 @@ def _sanity_into(args: argparse.Namespace, *, figure: Path, table: Path) -> None
     for row in rows[1:]:
         step, group, rho, value = row.split(",")
         print(f"  {step:>4} {group:<10} {float(rho):>9.4f} {float(value):>7.4f}")
+    if not np.all(np.isfinite(np.asarray(result.spearman))):
+        print("  spearman nan: that step's map (or the original) is constant, so no "
+              "ranking is left to compare (undefined, not decorrelated)")
