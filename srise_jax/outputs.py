@@ -49,6 +49,23 @@ class OutputError(OSError):
     """
 
 
+def cache_root() -> Path:
+    """Where srise-jax keeps what it can rebuild: ``$SRISE_JAX_CACHE``, else ``srise-jax`` under the user's cache.
+
+    The user's cache is ``$XDG_CACHE_HOME``, default ``~/.cache``. It holds
+    dlib's converted weights (`srise_jax.models.dlib_weights.cache_dir`) and
+    the command line's compiled XLA programs (``xla/``); deleting it costs
+    only the time to rebuild them.
+
+    Returns:
+      The directory's path (not created here).
+    """
+    root = os.environ.get("SRISE_JAX_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "srise-jax"
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Fail unless `path` names a file this process may create or replace.
 

@@ -26,7 +26,7 @@ from PIL import Image
 from conftest import assert_one_error_line as _assert_one_error_line
 from conftest import region_embed
 from srise_jax import align, cli, explainers, images, models, presets, srise, viz
-from srise_jax.cli import pipeline
+from srise_jax.cli import common, pipeline
 from srise_jax.images import synthetic_faces
 
 torch.set_num_threads(1)  # the test machine's cores are shared
@@ -421,3 +421,17 @@ def test_explain_align_without_a_face_exits_2(tmp_path, weights, bad_photos, cap
                       + ["--align"] + TINY)
     _assert_one_error_line(status, capsys, f"no face found in {directory / 'sky.png'}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_compilation_cache_configured_by_the_user_is_left_alone(monkeypatch, tmp_path):
+    # The command line's own cache (SRISE_JAX_CACHE/xla) is checked end to end
+    # by tests/test_packaging.py; here, the user's settings win.
+    before = jax.config.jax_compilation_cache_dir
+    assert before  # tests/conftest.py set one
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
+    assert common.use_compilation_cache() is None
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("SRISE_JAX_CACHE", str(tmp_path / "ours"))
+    assert common.use_compilation_cache() is None  # jax.config holds one
+    assert jax.config.jax_compilation_cache_dir == before
+    assert not (tmp_path / "ours").exists()

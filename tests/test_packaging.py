@@ -88,7 +88,10 @@ def test_the_installed_wheel_runs_the_demo_from_outside_the_repository(wheel, tm
     python = venv / "bin" / "python"
     _run([python, "-m", "pip", "install", "--no-deps", "--ignore-installed", "--no-index",
           str(wheel)])
-    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    # Not the suite's shared XLA cache (tests/conftest.py): the command line
+    # keeps its compiled programs in its own cache root.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("PYTHONPATH", "JAX_COMPILATION_CACHE_DIR")}
     # A fresh cache: the installed wheel converts dlib's .dat itself.
     env["SRISE_JAX_CACHE"] = str(tmp_path / "cache")
     where = _run([python, "-c", "import srise_jax; print(srise_jax.__file__)"],
@@ -103,6 +106,8 @@ def test_the_installed_wheel_runs_the_demo_from_outside_the_repository(wheel, tm
     assert sorted(path.name for path in out.iterdir()) == ["occlusion.png", "scores.json",
                                                            "triplet.png"]
     assert all(path.stat().st_size > 0 for path in out.iterdir())
+    # The next command loads the compiled programs instead of compiling them.
+    assert list((tmp_path / "cache" / "xla").glob("jit_*-cache")), "no compiled program kept"
     # The demo's answers with dlib (this is the suite's only dlib demo run).
     report = json.loads((out / "scores.json").read_text())
     assert report["model"].startswith("dlib")

@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as done:  # --help and --version end here
             return done.code or 0
+        common.use_compilation_cache()
         return args.command(args)
     # ValueError covers ImageError and ConversionError; OSError covers missing
     # checkpoints and unwritable outputs.

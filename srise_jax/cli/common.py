@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import jax
 import jax.numpy as jnp
 
-from srise_jax import models
+from srise_jax import models, outputs
 
 PROG = "srise-jax"
 EXIT_USAGE = 2
@@ -21,6 +23,34 @@ EXIT_INTERRUPTED = 130
 
 # --compute-dtype's choices.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# The compiled programs of the command line, under `outputs.cache_root()`.
+XLA_CACHE_NAME = "xla"
+# Bytes; JAX drops the least recently used programs beyond it.
+XLA_CACHE_MAX_SIZE = 2 * 1024**3
+
+
+def use_compilation_cache() -> Path | None:
+    """Keep the commands' compiled XLA programs between runs, in ``xla/`` of the cache root.
+
+    A command compiles its programs on every run: minutes for a `benchmark`
+    of many methods on 2 CPU cores, paid again by each resume. JAX's
+    persistent compilation cache loads them instead (programs that took
+    over a second to compile, at most `XLA_CACHE_MAX_SIZE` bytes, the least
+    recently used dropped first). A cache the user configured
+    (``JAX_COMPILATION_CACHE_DIR`` or ``jax.config``) is left as it is.
+
+    Returns:
+      The directory now used, or None when the user's setting stands.
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return None
+    directory = outputs.cache_root() / XLA_CACHE_NAME
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", XLA_CACHE_MAX_SIZE)
+    return directory
 
 
 # ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from srise_jax.models.checkpoint import (
 from srise_jax.models.conversion import check_destination
 from srise_jax.models.dlib_dat import dat_to_variables
 from srise_jax.models.dlib_resnet import abstract_variables, dlib_embed_fn
+from srise_jax.outputs import cache_root
 from srise_jax.typing import EmbedFn
 
 FORMAT = "srise-jax-dlib-resnet"
@@ -95,15 +95,13 @@ def model_file() -> Path:
 def cache_dir() -> Path:
     """Where ``load_dlib`` keeps converted weights: ``dlib-resnet-v1`` under ``$SRISE_JAX_CACHE`` or ``~/.cache/srise-jax``.
 
-    Without ``$SRISE_JAX_CACHE``, the base is ``srise-jax`` under
-    ``$XDG_CACHE_HOME`` (default ``~/.cache``).
+    The base is `srise_jax.outputs.cache_root`: without ``$SRISE_JAX_CACHE``,
+    ``srise-jax`` under ``$XDG_CACHE_HOME`` (default ``~/.cache``).
 
     Returns:
       The directory's path (not created here).
     """
-    root = os.environ.get("SRISE_JAX_CACHE")
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srise-jax"
-    return base.expanduser() / _CACHE_NAME
+    return cache_root() / _CACHE_NAME
 
 
 def save_dlib_resnet(variables: Any, directory: str | Path, *, source: str, source_sha256: str,
