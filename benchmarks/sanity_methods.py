@@ -1,6 +1,6 @@
 """The sanity check (cascading randomization) of every method the benchmark runs.
 
-    python benchmarks/sanity_methods.py "srise@500,rise@500,gradient,centre_prior" [--key 0]
+    python benchmarks/sanity_methods.py "srise@500,rise@500,gradient,centre_prior" [--keys 0,1,2]
 
 Deletion/Insertion alone cannot tell a map that explains the network from one
 that any network, or none, would give: the centred prior scores well and
@@ -13,6 +13,11 @@ feature split). It prints the Spearman correlation of each randomized map to
 the original one; a map that depends on the network ends well below 0.5 (the
 paper's and issue 14's bar). The reference maps end at 1.0 by construction:
 the same key gives the same random map, and the centred prior has no input.
+
+One key is one draw of the randomized weights and of the explainer's
+randomness: with several `--keys`, it also prints each method's last value
+over the keys (mean, standard deviation, range, and in how many it is below
+0.5), which says whether a verdict is the method's or the draw's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from srise_jax import benchmark, models, sanity
 
@@ -29,32 +35,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_pair import sample_pair  # noqa: E402
 
 
+def _keys(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("methods", help="comma-separated, as `srise-jax benchmark --methods`")
-    parser.add_argument("--key", type=int, default=0, help="the check's jax.random key")
+    parser.add_argument("--keys", type=_keys, default=[0],
+                        help="the check's jax.random keys, comma-separated (default 0)")
+    parser.add_argument("--key", type=int, help="one key (same as --keys KEY)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    keys = [args.key] if args.key is not None else args.keys
 
     model = models.load("dlib")
     probe, mate = sample_pair(model)
     methods = benchmark.parse_methods(args.methods)
     parts = benchmark.make_explain_fns(model.embed_fn, methods, feature_fns=model.feature_fns,
                                        batch_size=args.batch_size)
-    for part in parts:
-        for label in part.labels:
-            # The benchmark's part takes (params, image, reference, key); the
-            # check hands an explainer the model too, which the part closes over.
-            def explainer(embed_fn, params, image, reference, key, _fn=part.fn, _label=label):
-                return _fn(params, image, reference, key)[_label]
+    last: dict[str, list[float]] = {}
+    for key in keys:
+        for part in parts:
+            for label in part.labels:
+                # The benchmark's part takes (params, image, reference, key); the
+                # check hands an explainer the model too, which the part closes over.
+                def explainer(embed_fn, params, image, reference, key, _fn=part.fn,
+                              _label=label):
+                    return _fn(params, image, reference, key)[_label]
 
-            result = sanity.cascading_randomization(
-                explainer, model.embed_fn, model.params, probe, mate, jax.random.key(args.key),
-                groups=model.layer_groups)
-            # nan: a constant map, whose ranking is undefined.
-            steps = " ".join(f"{name}={float(rho):.3f}"
-                             for name, rho in zip(result.steps, result.spearman))
-            print(f"{label}: {steps}", flush=True)
+                result = sanity.cascading_randomization(
+                    explainer, model.embed_fn, model.params, probe, mate, jax.random.key(key),
+                    groups=model.layer_groups)
+                # nan: a constant map, whose ranking is undefined.
+                steps = " ".join(f"{name}={float(rho):.3f}"
+                                 for name, rho in zip(result.steps, result.spearman))
+                print(f"{label} (key {key}): {steps}", flush=True)
+                last.setdefault(label, []).append(float(result.spearman[-1]))
+    if len(keys) > 1:
+        print(f"last step over keys {','.join(map(str, keys))}:")
+        for label, values in last.items():
+            v = np.asarray(values)
+            print(f"  {label}: mean {v.mean():.3f}, sd {v.std(ddof=1):.3f}, "
+                  f"range {v.min():.3f} to {v.max():.3f}, below 0.5 in "
+                  f"{int(np.sum(v < 0.5))} of {len(v)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The sanity check (cascading randomization) of S-RISE at several patch counts.
 
-    python benchmarks/sanity_patches.py 100:200 50:200 25:200 [--key 0]
+    python benchmarks/sanity_patches.py 100:200 50:200 25:200 [--keys 0,1,2]
 
 Each argument is PATCHES:MASKS. For each, this runs the check of
 `tests/test_sanity.py` on dlib's ResNet, obama against obama2 (the bundled
@@ -18,6 +18,9 @@ network, so both maps share a component set by the masks alone. It prints
 how much of the scores' variance the kept area explains (R^2 of a linear
 fit), for the original and the fully randomized network, and the last
 Spearman again after that fit's residuals replace the scores.
+
+With several `--keys` (each one draw of the masks and of the randomized
+weights) it also prints each setting's last value over the keys.
 """
 
 from __future__ import annotations
@@ -48,32 +51,52 @@ def _setting(text: str) -> tuple[int, int]:
     return patches, masks
 
 
+def _keys(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("settings", nargs="+", type=_setting, metavar="PATCHES:MASKS")
-    parser.add_argument("--key", type=int, default=0, help="the check's jax.random key")
+    parser.add_argument("--keys", type=_keys, default=[0],
+                        help="the check's jax.random keys, comma-separated (default 0)")
+    parser.add_argument("--key", type=int, help="one key (same as --keys KEY)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--area", action="store_true",
                         help="also regress the scores on each mask's kept area (see above)")
     args = parser.parse_args()
+    keys = [args.key] if args.key is not None else args.keys
 
     model = models.load("dlib")
     embed_fn, params = model.embed_fn, model.params
     probe, mate = sample_pair(model)
-    for patches, masks in args.settings:
-        explainer = functools.partial(get_explainer("srise"), num_masks=masks,
-                                      batch_size=args.batch_size, num_patches=patches)
-        result = sanity.cascading_randomization(explainer, embed_fn, params, probe, mate,
-                                                jax.random.key(args.key))
-        steps = " ".join(f"{name}={float(rho):.3f}"
-                         for name, rho in zip(result.steps, result.spearman))
-        print(f"patches {patches}, masks {masks} (mean mask value "
-              f"{_kept(probe.shape[:2], patches, masks, jax.random.key(args.key)):.2f}): {steps}",
-              flush=True)
-        if args.area:
-            print(_area_check(embed_fn, params, probe, mate, jax.random.key(args.key),
-                              patches=patches, masks=masks, batch_size=args.batch_size),
+    last: dict[tuple[int, int], list[float]] = {}
+    for key in keys:
+        for patches, masks in args.settings:
+            explainer = functools.partial(get_explainer("srise"), num_masks=masks,
+                                          batch_size=args.batch_size, num_patches=patches)
+            result = sanity.cascading_randomization(explainer, embed_fn, params, probe, mate,
+                                                    jax.random.key(key))
+            steps = " ".join(f"{name}={float(rho):.3f}"
+                             for name, rho in zip(result.steps, result.spearman))
+            print(f"patches {patches}, masks {masks}, key {key} (mean mask value "
+                  f"{_kept(probe.shape[:2], patches, masks, jax.random.key(key)):.2f}): {steps}",
                   flush=True)
+            last.setdefault((patches, masks), []).append(float(result.spearman[-1]))
+            if args.area:
+                print(_area_check(embed_fn, params, probe, mate, jax.random.key(key),
+                                  patches=patches, masks=masks, batch_size=args.batch_size),
+                      flush=True)
+    if len(keys) > 1:
+        print(f"last step over keys {','.join(map(str, keys))}:")
+        for (patches, masks), values in last.items():
+            v = np.asarray(values)
+            print(f"  patches {patches}, masks {masks}: mean {v.mean():.3f}, "
+                  f"sd {v.std(ddof=1):.3f}, range {v.min():.3f} to {v.max():.3f}, "
+                  f"below 0.5 in {int(np.sum(v < 0.5))} of {len(v)}", flush=True)
 
 
 def _masks(shape, patches, masks, key) -> np.ndarray:
