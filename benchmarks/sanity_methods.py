@@ -42,6 +42,17 @@ def _keys(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+def _ties(saliency) -> str:
+    """A note when many pixels share one value (e.g. Grad-CAM's ReLU zeros).
+
+    Tied pixels get one average rank, so such a map's Spearman is mostly
+    set by where the ties are; a constant map's is undefined (NaN).
+    """
+    _, counts = np.unique(np.asarray(saliency), return_counts=True)
+    share = counts.max() / counts.sum()
+    return f" (last map: {share:.0%} of its pixels share one value)" if share >= 0.1 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("methods", help="comma-separated, as `srise-jax benchmark --methods`")
@@ -73,7 +84,7 @@ def main() -> None:
                 # nan: a constant map, whose ranking is undefined.
                 steps = " ".join(f"{name}={float(rho):.3f}"
                                  for name, rho in zip(result.steps, result.spearman))
-                print(f"{label} (key {key}): {steps}", flush=True)
+                print(f"{label} (key {key}): {steps}{_ties(result.maps[-1])}", flush=True)
                 last.setdefault(label, []).append(float(result.spearman[-1]))
     if len(keys) > 1:
         print(f"last step over keys {','.join(map(str, keys))}:")
