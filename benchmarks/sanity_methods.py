@@ -33,13 +33,7 @@ from srise_jax import benchmark, models, sanity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_pair import sample_pair  # noqa: E402
-
-
-def _keys(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+from sanity_keys import add_key_options, chosen_keys, summary  # noqa: E402
 
 
 def _ties(saliency) -> str:
@@ -56,12 +50,10 @@ def _ties(saliency) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("methods", help="comma-separated, as `srise-jax benchmark --methods`")
-    parser.add_argument("--keys", type=_keys, default=[0],
-                        help="the check's jax.random keys, comma-separated (default 0)")
-    parser.add_argument("--key", type=int, help="one key (same as --keys KEY)")
+    add_key_options(parser)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    keys = [args.key] if args.key is not None else args.keys
+    keys = chosen_keys(args)
 
     model = models.load("dlib")
     probe, mate = sample_pair(model)
@@ -89,10 +81,7 @@ def main() -> None:
     if len(keys) > 1:
         print(f"last step over keys {','.join(map(str, keys))}:")
         for label, values in last.items():
-            v = np.asarray(values)
-            print(f"  {label}: mean {v.mean():.3f}, sd {v.std(ddof=1):.3f}, "
-                  f"range {v.min():.3f} to {v.max():.3f}, below 0.5 in "
-                  f"{int(np.sum(v < 0.5))} of {len(v)}", flush=True)
+            print(f"  {label}: {summary(values)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from srise_jax.explainers import get_explainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_pair import sample_pair  # noqa: E402
+from sanity_keys import add_key_options, chosen_keys, summary  # noqa: E402
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -51,24 +52,15 @@ def _setting(text: str) -> tuple[int, int]:
     return patches, masks
 
 
-def _keys(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("settings", nargs="+", type=_setting, metavar="PATCHES:MASKS")
-    parser.add_argument("--keys", type=_keys, default=[0],
-                        help="the check's jax.random keys, comma-separated (default 0)")
-    parser.add_argument("--key", type=int, help="one key (same as --keys KEY)")
+    add_key_options(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--area", action="store_true",
                         help="also regress the scores on each mask's kept area (see above)")
     args = parser.parse_args()
-    keys = [args.key] if args.key is not None else args.keys
+    keys = chosen_keys(args)
 
     model = models.load("dlib")
     embed_fn, params = model.embed_fn, model.params
@@ -93,10 +85,7 @@ def main() -> None:
     if len(keys) > 1:
         print(f"last step over keys {','.join(map(str, keys))}:")
         for (patches, masks), values in last.items():
-            v = np.asarray(values)
-            print(f"  patches {patches}, masks {masks}: mean {v.mean():.3f}, "
-                  f"sd {v.std(ddof=1):.3f}, range {v.min():.3f} to {v.max():.3f}, "
-                  f"below 0.5 in {int(np.sum(v < 0.5))} of {len(v)}", flush=True)
+            print(f"  patches {patches}, masks {masks}: {summary(values)}", flush=True)
 
 
 def _masks(shape, patches, masks, key) -> np.ndarray:
