@@ -224,11 +224,11 @@ def test_a_map_that_randomization_flattens_is_undefined_not_decorrelated(tiny):
 def test_dlib_map_decorrelates_when_fully_randomized():
     # Spearman per step (fc .. stem) with issue 14's defaults (mean fill,
     # scaled patches): 0.48 0.08 0.20 0.04 0.17 0.27 0.01; before them 0.66
-    # 0.30 0.20 0.23 0.09 -0.08 -0.16. Chance level, measured with the
-    # earlier defaults: twelve full randomizations with other keys give
-    # -0.175 to 0.021 (mean -0.09, std 0.06), so 0.5 (issue 14's bar) is far
-    # above chance. With 25 patches per mask (issue 14's second ablation) the
-    # map ends at 0.57-0.62 and fails (benchmarks/sanity_patches.py).
+    # 0.30 0.20 0.23 0.09 -0.08 -0.16. Over other keys (other masks and
+    # randomized weights), the defaults at 200 masks end at -0.05 to 0.35
+    # (five keys, mean 0.20), below 0.5 (issue 14's bar) every time; with 25
+    # patches per mask (issue 14's second ablation) at 0.53 to 0.67, failing
+    # every time (benchmarks/sanity_patches.py --keys 0,1,2,3,4).
     embed_fn, params = models.load_dlib()
     photos = data.sample_faces()
     probe, mate = (align.detect_and_align(photos[name], size=models.DLIB_INPUT_SIZE,
