@@ -18,13 +18,12 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 # cores compiling is much of the suite's time. The process that makes the
 # directory (the xdist controller, or pytest without workers) removes it at
 # the end; workers and subprocesses inherit it through the environment.
-_CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": None,
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
-    _CACHE_ENV["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="srise-jax-tests-xla-")
-    os.environ.update(_CACHE_ENV)
+    # Every program, however quick to compile: the suite compiles thousands.
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="srise-jax-tests-xla-"),
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1)))
@@ -46,6 +45,7 @@ def pytest_xdist_auto_num_workers(config):
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 4))
+
 
 # CI clones the repository beside ../shared, which holds data/lfw-dev. The
 # tests that need lfw-dev skip with a reason naming it; where ../shared
