@@ -428,8 +428,15 @@ def test_compilation_cache_configured_by_the_user_is_left_alone(monkeypatch, tmp
     # by tests/test_packaging.py; here, the user's settings win.
     before = jax.config.jax_compilation_cache_dir
     assert before  # tests/conftest.py set one
+    # Their environment variable alone (JAX reads it when it starts).
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
-    assert common.use_compilation_cache() is None
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        assert common.use_compilation_cache() is None
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    # Their jax.config alone.
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     monkeypatch.setenv("SRISE_JAX_CACHE", str(tmp_path / "ours"))
     assert common.use_compilation_cache() is None  # jax.config holds one
