@@ -60,24 +60,29 @@ def main() -> None:
     methods = benchmark.parse_methods(args.methods)
     parts = benchmark.make_explain_fns(model.embed_fn, methods, feature_fns=model.feature_fns,
                                        batch_size=args.batch_size)
+    # One explainer per label, made once: `cascading_randomization` jits the
+    # function it is given, and the same function object lets every key
+    # reuse the programs the first key compiled.
+    explainers = {}
+    for part in parts:
+        for label in part.labels:
+            # The benchmark's part takes (params, image, reference, key); the
+            # check hands an explainer the model too, which the part closes over.
+            def explainer(embed_fn, params, image, reference, key, _fn=part.fn, _label=label):
+                return _fn(params, image, reference, key)[_label]
+
+            explainers[label] = explainer
     last: dict[str, list[float]] = {}
     for key in keys:
-        for part in parts:
-            for label in part.labels:
-                # The benchmark's part takes (params, image, reference, key); the
-                # check hands an explainer the model too, which the part closes over.
-                def explainer(embed_fn, params, image, reference, key, _fn=part.fn,
-                              _label=label):
-                    return _fn(params, image, reference, key)[_label]
-
-                result = sanity.cascading_randomization(
-                    explainer, model.embed_fn, model.params, probe, mate, jax.random.key(key),
-                    groups=model.layer_groups)
-                # nan: a constant map, whose ranking is undefined.
-                steps = " ".join(f"{name}={float(rho):.3f}"
-                                 for name, rho in zip(result.steps, result.spearman))
-                print(f"{label} (key {key}): {steps}{_ties(result.maps[-1])}", flush=True)
-                last.setdefault(label, []).append(float(result.spearman[-1]))
+        for label, explainer in explainers.items():
+            result = sanity.cascading_randomization(
+                explainer, model.embed_fn, model.params, probe, mate, jax.random.key(key),
+                groups=model.layer_groups)
+            # nan: a constant map, whose ranking is undefined.
+            steps = " ".join(f"{name}={float(rho):.3f}"
+                             for name, rho in zip(result.steps, result.spearman))
+            print(f"{label} (key {key}): {steps}{_ties(result.maps[-1])}", flush=True)
+            last.setdefault(label, []).append(float(result.spearman[-1]))
     if len(keys) > 1:
         print(f"last step over keys {','.join(map(str, keys))}:")
         for label, values in last.items():

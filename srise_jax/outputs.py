@@ -19,6 +19,9 @@ stale lock. On network filesystems it is as reliable as their `flock`.
 its final name only once it is written whole (the figures of `srise_jax.viz`
 are saved with it).
 
+`cache_root` is where the library keeps what it can rebuild (dlib's
+converted weights, the command line's compiled XLA programs).
+
 Nothing here prints: the command line reports `OutputError` as one line.
 """
 
