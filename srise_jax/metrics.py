@@ -320,8 +320,8 @@ def similarity_curve(
       embed_fn, params, image, reference, saliency: as in `deletion`.
       mode: "deletion" or "insertion".
       num_points: points of the curve (static), at least 2.
-      batch_size: images per `embed_fn` call (static); at most
-        ``num_points`` are used.
+      batch_size: the most images per `embed_fn` call (static); the points
+        are spread evenly over the fewest batches of that size.
       fill, key: what replaces removed pixels, as in `deletion`.
 
     Returns:
@@ -343,9 +343,12 @@ def similarity_curve(
     saliency = jnp.asarray(saliency)
     num_pixels = image.shape[0] * image.shape[1]
     counts_np = np.round(np.linspace(0, num_pixels, num_points)).astype(np.int32)
-    # No padded forward passes when the whole curve fits in one batch.
-    batch_size = min(batch_size, num_points)
-    slots = -(-num_points // batch_size) * batch_size
+    # As few batches as `batch_size` allows, of equal size, so at most
+    # num_batches - 1 forward passes are padding (33 points at batch 32 run
+    # as 2 x 17, not 2 x 32 with 31 padded).
+    num_batches = -(-num_points // batch_size)
+    batch_size = -(-num_points // num_batches)
+    slots = num_batches * batch_size
     counts = jnp.asarray(np.pad(counts_np, (0, slots - num_points), mode="edge"))
     replace = _replacement(image, fill, key)
     rank = _pixel_rank(saliency)

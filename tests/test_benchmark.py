@@ -62,12 +62,22 @@ def test_convergence_maps_are_prefixes_of_one_mask_sequence(planted_region, key)
         perturbation.srise_convergence(embed_fn, params, probe, mate, key, counts=(5, 5))
 
 
-@pytest.mark.parametrize("mode", ["deletion", "insertion"])
-def test_similarity_curve_matches_a_per_count_loop(planted_region, mode):
+@pytest.mark.parametrize("mode, batch_size, batches", [
+    ("deletion", 3, 3), ("insertion", 3, 3),
+    # 7 points at most 6 a batch: 2 batches of 4, one padded pass (not 5).
+    ("deletion", 6, 2)])
+def test_similarity_curve_matches_a_per_count_loop(planted_region, mode, batch_size, batches):
     embed_fn, params, region, probe, mate = planted_region
     saliency = jax.random.uniform(jax.random.key(1), (32, 32))
-    curve = metrics.similarity_curve(embed_fn, params, probe, mate, saliency, mode=mode,
-                                     num_points=7, batch_size=3)
+    shapes = []  # the batches embed_fn is traced with: the reference's, then the curve's
+
+    def recorded(params, images):
+        shapes.append(images.shape[0])
+        return embed_fn(params, images)
+
+    curve = metrics.similarity_curve(recorded, params, probe, mate, saliency, mode=mode,
+                                     num_points=7, batch_size=batch_size)
+    assert shapes == [1, -(-7 // batches)]
     # Reference: one forward pass per count, pixels changed by a NumPy ranking.
     order = np.argsort(-np.asarray(saliency).ravel(), kind="stable")
     fill = np.asarray(probe).mean((0, 1))
