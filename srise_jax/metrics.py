@@ -169,12 +169,6 @@ def deletion(
         pair; it is never modified.
       saliency: (H, W) saliency of ``image``, finite; larger means more
         important.
-
-    Raises:
-      TypeError, ValueError: one line naming the argument, for a non-float
-        image, a shape mismatch, or (outside ``jit``) NaN or inf in the
-        images, the map or the threshold; under ``jit`` those values give
-        reason "invalid_input" instead.
       threshold: the verification threshold on cosine similarity: a pair
         matches when ``cos >= threshold``; finite.
       step: grid spacing of the coarse search, a positive int.
@@ -187,6 +181,12 @@ def deletion(
 
     Returns:
       A `MetricResult`.
+
+    Raises:
+      TypeError, ValueError: one line naming the argument, for a non-float
+        image, a shape mismatch, or (outside ``jit``) NaN or inf in the
+        images, the map or the threshold; under ``jit`` those values give
+        reason "invalid_input" instead.
 
     References:
       Lu and Ebrahimi, "Explanation of Face Recognition via Saliency Maps",
