@@ -97,6 +97,49 @@ def test_linear_impute_solves_roads_system_like_a_dense_solve(mask_name):
     np.testing.assert_array_equal(got[~removed], image[~removed])
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (40, 48), (31, 17)])
+def test_multilevel_preconditioner_is_symmetric_positive_definite_on_removed_pixels(shape):
+    # What conjugate gradients needs of it; odd sides exercise the padding.
+    rng = np.random.default_rng(8)
+    removed = jnp.asarray(rng.uniform(size=shape) < 0.8)
+    precondition = jax.jit(fills.multilevel_preconditioner(removed))
+    x, y = (jnp.where(removed[..., None], jnp.asarray(rng.normal(size=(*shape, 3)),
+                                                      jnp.float32), 0.0) for _ in range(2))
+    mx, my = np.asarray(precondition(x)), np.asarray(precondition(y))
+    assert float(np.sum(np.asarray(x) * my)) == pytest.approx(
+        float(np.sum(mx * np.asarray(y))), rel=1e-5)
+    assert np.all(np.sum(np.asarray(x) * mx, axis=(0, 1)) > 0)  # per channel
+    assert not mx[~np.asarray(removed)].any()  # nothing reaches a kept pixel
+
+
+@pytest.mark.parametrize("kept_fraction", [0.03, 0.1])
+def test_linear_impute_is_close_to_a_dense_solve_when_almost_everything_is_removed(
+        kept_fraction):
+    """Insertion's first images: a small blob kept, a wide removed region.
+
+    The stopping rule bounds the residual, not the error, and the error can
+    exceed it by the system's condition number. The multilevel
+    preconditioner's answer is within 2e-4 of a dense float64 solve here,
+    closer than the diagonal one's under the same rule (3-7e-4 away).
+    """
+    rng = np.random.default_rng(7)
+    image = fills.gaussian_blur(jnp.asarray(rng.uniform(0, 1, (64, 64, 3)), jnp.float32),
+                                sigma=2.0)
+    yy, xx = np.mgrid[:64, :64]
+    score = -((yy - 25.6) ** 2 + (xx - 35.2) ** 2) + rng.uniform(0, 30, (64, 64))
+    removed = score < np.quantile(score, 1 - kept_fraction)
+    want = numpy_road_impute(np.asarray(image), removed)
+    got = np.asarray(fills.linear_impute(image, jnp.asarray(removed)))
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    np.testing.assert_array_equal(got[~removed], np.asarray(image)[~removed])
+    diagonal = np.asarray(fills.linear_impute(image, jnp.asarray(removed),
+                                              preconditioner="diagonal"))
+    assert numpy_mean_residual(diagonal, removed) < 2 * fills.IMPUTE_TOL
+    assert np.abs(got - want).max() < np.abs(diagonal - want).max() / 2
+    with pytest.raises(ValueError, match="preconditioner must be one of multilevel, diagonal"):
+        fills.linear_impute(image, jnp.asarray(removed), preconditioner="jacobi")
+
+
 def test_linear_impute_all_removed_is_the_mean_and_none_removed_is_the_image():
     image = jnp.asarray(np.random.default_rng(3).uniform(0, 1, (8, 8, 3)), jnp.float32)
     every = np.asarray(fills.linear_impute(image, jnp.ones((8, 8), bool)))
@@ -328,5 +371,5 @@ def test_coarse_to_fine_start_and_warm_started_sequence_solve_the_same_system():
         want = numpy_road_impute(np.asarray(image), r)
         for values in (got, cold):
             assert numpy_mean_residual(values, r) < 2 * fills.IMPUTE_TOL
-            np.testing.assert_allclose(values, want, atol=5e-3)
+            np.testing.assert_allclose(values, want, atol=5e-4)
             np.testing.assert_array_equal(values[~r], np.asarray(image)[~r])
