@@ -46,7 +46,11 @@ def reference_pair(embed_fn, params, a, b, masks, fill=0.0):
             scores.append(unit(embed_fn(params, jnp.asarray(masked)[None])) @ ref)
         scores = np.array(scores)
         plain = np.tensordot(scores, np.asarray(masks, np.float64), 1)
-        out[name] = (scores, plain, plain / np.asarray(masks).sum(0))
+        coverage = np.asarray(masks, np.float64).sum(0)
+        # A pixel no mask covers has no coverage-normalized value: NaN.
+        normalized = np.divide(plain, coverage, out=np.full_like(plain, np.nan),
+                               where=coverage > 0)
+        out[name] = (scores, plain, normalized)
     return out, ea @ eb
 
 
