@@ -165,8 +165,8 @@ def linear_impute(image: jax.Array, removed: jax.Array, *,
     start changes the iterations, not the system or the stopping rule. With
     the diagonal preconditioner it halved them; the multilevel one already
     carries the smooth part of the error, and the start saves it little
-    (0-20% of a cold solve of a 150x150 face's flip-search batch; warm
-    solves, `linear_impute_sequence`, use it for their first set only).
+    (warm solves, `linear_impute_sequence`, use it for their first set
+    only).
 
     When every pixel is removed, nothing anchors the system (any constant
     image solves it); the result is then the per-channel mean of ``image``,
