@@ -56,7 +56,7 @@ def main() -> None:
     print("\n| method | fill | rows | deletion differs | max abs diff | insertion differs "
           "| max abs diff | mean (D+I)/2 before | after |")
     print("|---|---|---|---|---|---|---|---|---|")
-    flipped_nan = []
+    one_sided = []
     # The before run's order of methods and fills (the order of its --methods).
     order = {mf: i for i, mf in enumerate(dict.fromkeys(k[3:] for k in before))}
     for (method, fill), keys in sorted(by_method.items(), key=lambda item: order[item[0]]):
@@ -66,7 +66,7 @@ def main() -> None:
             for key in keys:
                 a, b = before[key][metric], after[key][metric]
                 if math.isnan(a) != math.isnan(b):
-                    flipped_nan.append((key, metric, a, b))
+                    one_sided.append((key, metric, a, b))
                     diffs.append(math.inf)
                 elif not math.isnan(a):
                     diffs.append(abs(a - b))
@@ -79,7 +79,7 @@ def main() -> None:
             means.append(f"{sum(defined) / len(defined):.3f}" if defined else "nan")
         print(f"| {method} | {fill} | {len(keys)} | " + " | ".join(cells) + " | "
               + " | ".join(means) + " |")
-    for key, metric, a, b in flipped_nan:
+    for key, metric, a, b in one_sided:
         print(f"defined in one file only: {'/'.join(key)} {metric}: {a} -> {b}")
 
 

@@ -116,6 +116,11 @@ def neighbour_sum(x: jax.Array) -> jax.Array:
                for dy in range(3) for dx in range(3) if ROAD_WEIGHTS[dy, dx] > 0)
 
 
+def _degree(height: int, width: int) -> jax.Array:
+    """(H, W, 1) ``d_i``: the sum of ROAD's weights of each pixel's in-image neighbours."""
+    return neighbour_sum(jnp.ones((height, width, 1), jnp.float32))
+
+
 def impute_iterations(height: int, width: int) -> int:
     """The solver's iteration cap for an image of ``height`` x ``width``.
 
@@ -329,7 +334,7 @@ def multilevel_preconditioner(removed: jax.Array) -> Callable[[jax.Array], jax.A
       Mathematics of Computation 55 (1990).
     """
     height, width = removed.shape
-    degree = neighbour_sum(jnp.ones((height, width, 1), jnp.float32))
+    degree = _degree(height, width)
     masks = [removed]
     while min(masks[-1].shape) >= PYRAMID_MIN_SIDE:
         fine = masks[-1]
@@ -372,7 +377,7 @@ def _conjugate_gradients(image, removed, start, *, tol, max_iterations, precondi
     """The removed pixels' values (H, W, C), 0 at kept pixels, by preconditioned CG."""
     height, width, _ = image.shape
     r = removed[..., None]
-    degree = neighbour_sum(jnp.ones((height, width, 1), jnp.float32))
+    degree = _degree(height, width)
     rhs = jnp.where(r, neighbour_sum(jnp.where(r, 0.0, image)), 0.0)
     precondition = (multilevel_preconditioner(removed) if preconditioner == "multilevel"
                     else lambda residual: residual / degree)
