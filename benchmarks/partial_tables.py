@@ -25,6 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="the benchmark's --out directory")
     parser.add_argument("out", type=Path, help="where to write the partial tables (replaced)")
+    parser.add_argument("--paired-with", metavar="LABEL",
+                        help="the reference of the paired tables (default: the default "
+                             "S-RISE at its largest count among the run's methods)")
     args = parser.parse_args()
     with open(args.run / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -41,11 +44,14 @@ def main() -> None:
     total = run["num_triplets"]
     run["num_triplets"] = len(done)
     (args.out / "run.json").write_text(json.dumps(run, indent=2))
+    paired_with = args.paired_with or benchmark.default_reference(
+        benchmark.parse_methods(methods))
     reports = benchmark.write_reports(
         args.out, model_label=run["model"]["model"], labels=methods, fills=fills,
+        paired_with=paired_with,
         command=f"partial: the {len(done)} triplets {done} finished of the {total} of {args.run}")
     print(f"triplets finished: {done} of {total}")
-    print(benchmark.format_tables(reports.tables))
+    print(benchmark.format_tables(reports.tables, paired=reports.paired))
 
 
 if __name__ == "__main__":

@@ -259,6 +259,116 @@ def test_table_lists_methods_in_order_with_intervals():
     assert lines[3].startswith("| srise | 500 | 0.2000 [0.1000, 0.3000]")
 
 
+def _paired_rows(rng, offset, *, noise=0.005):
+    """Two methods on 12 pairs (some in two triplets, either side): "ref", and
+    "b" = "ref" + `offset` + small noise per row. Each pair's level differs
+    widely (uniform over [0, 0.6]), so the pairs' spread swamps `offset`
+    in each method's own interval but not in the paired one."""
+    rows = []
+    for t in range(16):
+        a, b = f"img{t % 12}", f"other{t % 12}"
+        level = 0.05 * (t % 12)
+        for side in range(2):
+            image, reference = (a, b) if side == 0 else (b, a)
+            d, i = level + rng.uniform(0, 0.05), level + rng.uniform(0, 0.05)
+            rows.append(_row(t, image, reference, d, i, method="ref"))
+            rows.append(_row(t, image, reference, d + offset + rng.normal(0, noise),
+                             i + offset + rng.normal(0, noise), method="b"))
+    return rows
+
+
+def test_paired_differences_separate_what_table_1_intervals_cannot():
+    rng = np.random.default_rng(4)
+    rows = _paired_rows(rng, 0.02)
+    # Planted exclusions: a rejected slot (both methods), and a map-dependent
+    # undefined fraction of "b" only (its partner is left out as unpaired).
+    rows += [_row(30, "x", "y", "", "", method=m, match=0) for m in ("ref", "b")]
+    rows += [_row(31, "u", "v", 0.3, 0.3, method="ref"),
+             _row(31, "u", "v", "", 0.3, method="b", deletion_reason="invalid_input")]
+    rows += [{**r, "method": "same"} for r in rows if r["method"] == "ref"]
+    table = benchmark.summarize(rows, methods=["ref", "b"], num_resamples=4000)
+    (b, same) = benchmark.paired_differences(rows, reference="ref", num_resamples=4000)
+    assert [b["method"], same["method"]] == ["b", "same"]  # the reference is left out
+    # Independent: NumPy over the 32 paired slots, resampling the 12 pairs.
+    paired = [r for r in rows if r["triplet"] < 30]
+    ref = {(r["triplet"], r["image"]): r for r in paired if r["method"] == "ref"}
+    diffs = {metric: [] for metric in ("deletion", "insertion", "average")}
+    for r in (r for r in paired if r["method"] == "b"):
+        o = ref[(r["triplet"], r["image"])]
+        for metric, get in (("deletion", lambda x: x["deletion"]),
+                            ("insertion", lambda x: x["insertion"]),
+                            ("average", lambda x: (x["deletion"] + x["insertion"]) / 2)):
+            diffs[metric].append((r["image"], r["reference"], get(r) - get(o)))
+    for metric, values in diffs.items():
+        assert b[metric] == pytest.approx(np.mean([v for *_, v in values]), rel=1e-12)
+        want = _numpy_pair_bootstrap(values, metric, num_resamples=4000, label="b-ref")
+        assert (b[f"{metric}_low"], b[f"{metric}_high"]) == pytest.approx(tuple(want),
+                                                                          rel=1e-12)
+    # Over the same rows (without the slot only "ref" defines), the mean
+    # difference is the difference of Table 1's means.
+    ref_same, b_same = benchmark.summarize([r for r in rows if r["triplet"] != 31],
+                                           methods=["ref", "b"], num_resamples=10)
+    assert b["average"] == pytest.approx(b_same["average"] - ref_same["average"], rel=1e-9)
+    assert b["rows"] == 32 and b["pairs"] == 12 and b["unpaired"] == 1
+    assert (b["lower"], b["higher"], b["tied"]) == (0, 12, 0)
+    # The point of pairing: Table 1's intervals overlap, the paired one excludes 0.
+    ref_line, b_line = table
+    assert b_line["average_low"] < ref_line["average_high"]
+    assert 0 < b["average_low"] < 0.02 < b["average_high"]
+    # A method equal to the reference differs by 0 on every pair.
+    assert same["average"] == same["average_low"] == same["average_high"] == 0
+    assert (same["lower"], same["higher"], same["tied"]) == (0, 0, 13)  # and (u, v)
+    # Same seed, same table; a smaller offset is not separated.
+    assert benchmark.paired_differences(rows, reference="ref", num_resamples=4000) == [b, same]
+    (near,) = benchmark.paired_differences(_paired_rows(np.random.default_rng(4), 0.0),
+                                           reference="ref", num_resamples=4000)
+    assert near["average_low"] < 0 < near["average_high"]
+
+
+def test_paired_differences_refuse_what_they_cannot_pair():
+    rows = _rows({0: [(0.1, 0.2)], 1: [(0.3, 0.4)]}, method="a")
+    with pytest.raises(ValueError, match=r"no result rows of the reference 'b'; methods: a"):
+        benchmark.paired_differences(rows, reference="b")
+    with pytest.raises(ValueError, match=r"result row 2: a second row of 'a' for a0 against "
+                                         r"b0 in triplet 0"):
+        benchmark.paired_differences(rows + rows[:1], reference="a")
+    with pytest.raises(ValueError, match="several metric fills"):
+        benchmark.paired_differences(rows + [{**rows[0], "metric_fill": "blur"}],
+                                     reference="a")
+
+
+def test_default_reference_is_the_default_srise_at_its_largest_count():
+    parse = benchmark.parse_methods
+    assert benchmark.default_reference(parse("srise[paper]@1000,srise@100,srise@500,"
+                                             "rise@2000")) == "srise@500"
+    assert benchmark.default_reference(parse("srise@100,srise")) == "srise"  # 500 masks
+    assert benchmark.default_reference(parse("srise[paper]@500,rise@500")) is None
+
+
+def test_paired_tables_follow_their_fills_table_1():
+    rows = _paired_rows(np.random.default_rng(5), 0.02)
+    rows += [{**r, "metric_fill": "blur"} for r in rows]
+    by_fill = benchmark.rows_by_fill(rows)
+    tables = {f: benchmark.summarize(r, num_resamples=200) for f, r in by_fill.items()}
+    paired = {f: benchmark.paired_differences(r, reference="ref", num_resamples=200)
+              for f, r in by_fill.items()}
+    text = benchmark.format_tables(tables, paired=paired)
+    heads = [line for line in text.splitlines() if line.startswith("#")]
+    assert heads == ["## Table 1, metric fill: mean", "### Paired with ref, metric fill: mean",
+                     "## Table 1, metric fill: blur", "### Paired with ref, metric fill: blur"]
+    line = paired["mean"][0]
+    section = text.split("### Paired with ref, metric fill: mean")[1]
+    row = next(r for r in section.splitlines() if r.startswith("| b |"))
+    assert row == (f"| b | {line['average']:+.4f} [{line['average_low']:+.4f}, "
+                   f"{line['average_high']:+.4f}] | {line['deletion']:+.4f} "
+                   f"[{line['deletion_low']:+.4f}, {line['deletion_high']:+.4f}] | "
+                   f"{line['insertion']:+.4f} [{line['insertion_low']:+.4f}, "
+                   f"{line['insertion_high']:+.4f}] | 0 / 12 / 0 | 32 (12) |")
+    assert line["average"] > 0 and "+0.0" in row
+    assert benchmark.format_tables(tables) == benchmark.format_tables(tables, paired={})
+    assert "Paired" not in benchmark.format_tables(tables)
+
+
 def test_score_reasons_reach_the_results_rows(planted_region):
     # Thresholds placed by the pair's own similarities: below the all-mean
     # image's (Deletion cannot flip, Insertion starts matched), between it and

@@ -57,10 +57,14 @@ def test_benchmark_rows_equal_the_library_run_and_reports_are_written(tmp_path, 
                                      curve_points=5)
     assert [{**r, "seconds": ""} for r in rows] == [{**r, "seconds": ""} for r in result.rows]
     assert (library / "run.json").read_text() == (out / "run.json").read_text()
+    # The paired tables compare with the default S-RISE at its largest count.
     reports = benchmark.write_reports(library, model_label="planted",
-                                      labels=_METHODS.split(","), num_resamples=200)
+                                      labels=_METHODS.split(","), paired_with="srise@8",
+                                      num_resamples=200)
     assert (library / "table.md").read_text().split("\n\n", 2)[2] == \
         table.split("\n\n", 3)[3]
+    assert "### Paired with srise@8, metric fill: mean" in table
+    assert [line["method"] for line in reports.paired["mean"]] == ["srise@4", "random"]
     assert reports.paths == [library / "table.md", library / "curves.png",
                              library / "fills.png", library / "convergence.png"]
 
@@ -203,10 +207,17 @@ def test_ablation_runs_the_chosen_settings_and_rejects_unknown_ones(tmp_path, pl
     rows = _read(out / "results.csv")
     assert {r["method"] for r in rows} == {"paper", "fill=mean"}
     assert {r["iterations"] for r in rows} == {"4"}
+    assert "Paired" not in (out / "table.md").read_text()  # no default reference
     capsys.readouterr()
     assert_one_error_line(cli.main(["benchmark", "--ablation", "--settings", "paper,nope",
                                     "--data", "sample", "--out", str(tmp_path / "bad")]),
                           capsys, "unknown setting(s) nope")
+    assert not (tmp_path / "bad").exists()
+    assert_one_error_line(cli.main(["benchmark", "--methods", "srise@4,random", "--paired-with",
+                                    "rise@500", "--data", "sample",
+                                    "--out", str(tmp_path / "bad")]),
+                          capsys, "--paired-with rise@500: not one of this run's methods "
+                                  "(srise@4, random)")
     assert not (tmp_path / "bad").exists()
 
 

@@ -25,7 +25,8 @@ The modules, from the bottom up:
   mesh (`shard_over_triplets`, `triplet_mesh`); with one triplet per device
   its maps and scores are those of one triplet at a time.
 - `table`: Table 1 from rows (`summarize`, `format_table`), one per metric
-  fill (`rows_by_fill`, `format_tables`).
+  fill (`rows_by_fill`, `format_tables`), and each method against one
+  reference on the same maps (`paired_differences`, `format_paired`).
 - `store`: the resumable run directory (run.json, results.csv and its
   parts, maps); a rerun adds only what is missing.
 - `runner`: the loop (`Runner`, `run_benchmark`), with progress through a
@@ -56,6 +57,7 @@ from srise_jax.benchmark.methods import (
     ExplainPart,
     Method,
     MethodSet,
+    default_reference,
     job_key,
     make_explain_fns,
     make_score_fn,
@@ -98,10 +100,12 @@ from srise_jax.benchmark.table import (
     FRACTIONS,
     NO_REASON,
     REJECTED,
+    format_paired,
     format_table,
     format_tables,
     metric_fill,
     pair_identity,
+    paired_differences,
     rows_by_fill,
     summarize,
 )
@@ -133,6 +137,8 @@ __all__ = [
     "append_rows",
     "complete_rows",
     "dataset_triplets",
+    "default_reference",
+    "format_paired",
     "format_table",
     "format_tables",
     "job_key",
@@ -145,6 +151,7 @@ __all__ = [
     "metric_key",
     "open_results",
     "pair_identity",
+    "paired_differences",
     "parse_methods",
     "parse_metric_fills",
     "prepare_methods",

@@ -130,6 +130,26 @@ def parse_methods(spec: str | Iterable[str]) -> tuple[Method, ...]:
     return tuple(methods)
 
 
+def default_reference(methods: Sequence[Method]) -> str | None:
+    """The method a run's paired tables compare the others with, by default.
+
+    The library's default S-RISE ("srise" without a preset), at its largest
+    mask count: the method the benchmark exists to judge. A count left
+    unset is the explainer's default `num_masks`.
+
+    Args:
+      methods: a run's methods (`parse_methods`).
+
+    Returns:
+      That method's label, or None when the run has no default S-RISE.
+    """
+    plain = [m for m in methods if m.name == "srise" and m.preset is None]
+    if not plain:
+        return None
+    unset = inspect.signature(registry.get_explainer("srise")).parameters["num_masks"].default
+    return max(plain, key=lambda m: unset if m.iterations is None else m.iterations).label
+
+
 def method_key(key: jax.Array, label: str) -> jax.Array:
     """The key a method gets from a job's key: independent of the method list.
 

@@ -12,7 +12,13 @@ import numpy as np
 
 from srise_jax import outputs, viz
 from srise_jax.benchmark import store
-from srise_jax.benchmark.table import format_tables, metric_fill, rows_by_fill, summarize
+from srise_jax.benchmark.table import (
+    format_tables,
+    metric_fill,
+    paired_differences,
+    rows_by_fill,
+    summarize,
+)
 
 
 class Reports(NamedTuple):
@@ -23,10 +29,13 @@ class Reports(NamedTuple):
         (`summarize`)}, in the order of table.md.
       paths: the files written: table.md, curves.png, fills.png and, when
         written, convergence.png.
+      paired: {metric fill: each method minus the reference on the same
+        maps (`paired_differences`)}; empty without a reference.
     """
 
     tables: dict[str, list[dict[str, Any]]]
     paths: list[Path]
+    paired: dict[str, list[dict[str, Any]]]
 
     @property
     def table(self) -> list[dict[str, Any]]:
@@ -36,12 +45,14 @@ class Reports(NamedTuple):
 
 def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[str] = (),
                   fills: Sequence[str] = (), command: str | None = None,
-                  num_resamples: int = 10_000) -> Reports:
+                  paired_with: str | None = None, num_resamples: int = 10_000) -> Reports:
     """Table 1 per metric fill and the figures of a run directory's results.csv.
 
     table.md holds a title line (model, threshold, data, triplets), the
     command if given, and `format_tables`'s tables: one Table 1 per metric
-    fill of the rows, under a heading naming it; fills.png the same tables
+    fill of the rows, under a heading naming it, each followed, with
+    `paired_with`, by every other method minus that one on the same maps
+    (`paired_differences`); fills.png the same tables
     as a picture, one panel per fill (one when the run has one), each
     method's mean average of Deletion and Insertion with its interval
     (`viz.plot_fill_summary`); curves.png the mean
@@ -63,6 +74,9 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
       fills: the metric fills in the order of the tables; fills of
         results.csv not named follow in order of appearance.
       command: the command line that made the run, quoted in table.md.
+      paired_with: the reference method of the paired tables (e.g. the
+        default S-RISE, `default_reference`); None, or a method without
+        rows: no paired tables.
       num_resamples: bootstrap resamples of the intervals (`summarize`).
 
     Returns:
@@ -78,10 +92,15 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
     tables = {fill: summarize(fill_rows, methods=order, num_resamples=num_resamples,
                               seed=run["seed"])
               for fill, fill_rows in by_fill.items()}
+    paired = ({fill: paired_differences(fill_rows, reference=paired_with, methods=order,
+                                        num_resamples=num_resamples, seed=run["seed"])
+               for fill, fill_rows in by_fill.items()}
+              if paired_with in present else {})
     title = (f"{model_label}, threshold {run['threshold']:g}, data {run['data']}, "
              f"{run['num_triplets']} triplets")
     quoted = "" if command is None else f"Command: `{command}`\n\n"
-    text = f"# Deletion / Insertion benchmark\n\n{title}.\n\n{quoted}" + format_tables(tables)
+    text = (f"# Deletion / Insertion benchmark\n\n{title}.\n\n{quoted}"
+            + format_tables(tables, paired=paired))
     written = [out / "table.md", out / "curves.png", out / "fills.png"]
     with outputs.atomic_file(written[0]) as file:
         file.write(text.encode())
@@ -104,7 +123,7 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
         written.append(out / "convergence.png")
         viz.plot_convergence(figure_rows, path=written[-1],
                              title=f"S-RISE after N masks (Fig. 6), {model_label}")
-    return Reports(tables, written)
+    return Reports(tables, written, paired)
 
 
 def _convergence_rows(maps: Path, order: Sequence[str]) -> dict[str, tuple]:

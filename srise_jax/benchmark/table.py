@@ -4,6 +4,8 @@ Pure computation on rows (mappings, as `results.csv` holds them or as
 numbers): `summarize` averages each method's Deletion, Insertion, their
 average and the AUCs with 95% bootstrap intervals that resample distinct
 pairs (`pair_identity`); `format_table` prints the paper's Table 1.
+`paired_differences` compares each method with one reference on the same
+maps (a paired bootstrap), which Table 1's per-method intervals cannot.
 
 One table per metric fill: a row's "metric_fill" says what replaced the
 removed pixels when it was scored (`metrics.METRIC_FILLS`; a row without
@@ -150,6 +152,17 @@ def _mean_ci(values: Sequence[tuple[Any, float]], *, num_resamples: int,
     return _Interval(mean, float(low), float(high), int(counts.sum()), len(groups))
 
 
+def _check_row(number: int, row: Mapping[str, Any], fills: dict[str, None]) -> None:
+    """Raise if row `number` lacks a key `summarize` reads, or adds a second metric fill to `fills`."""
+    missing = [key for key in _ROW_KEYS if key not in row]
+    if missing:
+        raise ValueError(f"result row {number}: no {', '.join(map(repr, missing))}")
+    fills[metric_fill(row)] = None
+    if len(fills) > 1:
+        raise ValueError(f"result rows of several metric fills ({', '.join(fills)}): "
+                         f"summarize each fill's rows (rows_by_fill)")
+
+
 def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | None = None,
               num_resamples: int = 10_000, level: float = 0.95,
               seed: int = 0) -> list[dict[str, Any]]:
@@ -204,13 +217,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
     by_method: dict[str, dict[str, Any]] = {}
     fills: dict[str, None] = {}
     for number, row in enumerate(rows):
-        missing = [key for key in _ROW_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"result row {number}: no {', '.join(map(repr, missing))}")
-        fills[metric_fill(row)] = None
-        if len(fills) > 1:
-            raise ValueError(f"result rows of several metric fills ({', '.join(fills)}): "
-                             f"summarize each fill's rows (rows_by_fill)")
+        _check_row(number, row, fills)
         entry = by_method.setdefault(row["method"], {
             "iterations": row.get("iterations", ""), "excluded": collections.Counter(),
             "values": {metric: [] for metric in FRACTIONS + AUCS}})
@@ -246,6 +253,99 @@ def summarize(rows: Iterable[Mapping[str, Any]], *, methods: Sequence[str] | Non
                          f"{metric}_high": interval.high, f"{metric}_n": interval.n,
                          f"{metric}_pairs": interval.pairs})
         line["excluded"] = dict(entry["excluded"])
+        table.append(line)
+    return table
+
+
+def paired_differences(rows: Iterable[Mapping[str, Any]], *, reference: str,
+                       methods: Sequence[str] | None = None, num_resamples: int = 10_000,
+                       level: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+    """Each method minus `reference`, map by map, with a paired pair-bootstrap interval.
+
+    Table 1's intervals are per method, so two methods' intervals can
+    overlap although one is lower on nearly every pair: the pairs differ far
+    more from each other than the methods do. Whether a method beats the
+    reference is a paired question, answered here on the same maps: a row of
+    the method and the reference's row of the same slot (the same image
+    explained against the same reference in the same triplet), both scored
+    and with both fractions defined, give one difference per metric of
+    `FRACTIONS`. The mean of these differences is the difference of the two
+    methods' Table 1 means when both are averaged over the same rows (as
+    they are unless a map was invalid: `summarize`). The interval resamples
+    distinct pairs (`pair_identity`) with the differences of all their rows,
+    as `summarize` resamples rows.
+
+    Args:
+      rows: result rows of one metric fill, as `summarize` reads them, with
+        "triplet" (optional: rows without one are one triplet).
+      reference: the method every other is compared with, e.g. "srise@500".
+      methods: labels in the table's order; default: order of appearance.
+        The reference is left out.
+      num_resamples: bootstrap resamples of the pairs.
+      level: coverage of the interval.
+      seed: the bootstrap's seed: each (method, metric) draws from
+        ``numpy.random.default_rng([seed, zlib.crc32(b"<method>-<reference>/<metric>")])``.
+
+    Returns:
+      One dict per method other than the reference: "method", "reference",
+      "metric_fill"; for each metric of `FRACTIONS`: "<metric>" (mean of
+      method minus reference; negative: the method removes or adds fewer
+      pixels to flip the decision), "<metric>_low", "<metric>_high"; "rows"
+      and "pairs" (the paired rows and their distinct pairs); "lower",
+      "higher", "tied": distinct pairs where the method's mean average
+      ((D + I) / 2 over the pair's paired rows) is below, above or equal to
+      the reference's; "unpaired": the method's defined rows without a
+      defined reference row in their slot, or the reverse.
+
+    Raises:
+      ValueError: a row lacks a key `summarize` reads, the rows are of
+        several metric fills, no row is of `reference`, or a method has two
+        rows in one slot.
+    """
+    values: dict[str, dict[tuple[str, str, str], tuple[frozenset[str], tuple[float, ...]]]] = {}
+    fills: dict[str, None] = {}
+    for number, row in enumerate(rows):
+        _check_row(number, row, fills)
+        label = str(row["method"])
+        slots = values.setdefault(label, {})
+        slot = (str(row.get("triplet", "")), str(row["image"]), str(row["reference"]))
+        if slot in slots:
+            raise ValueError(f"result row {number}: a second row of {label!r} for "
+                             f"{slot[1]} against {slot[2]} in triplet {slot[0] or '-'}")
+        d, i = _number(row["deletion"]), _number(row["insertion"])
+        scored = str(row["match"]) in ("1", "True", "true")
+        slots[slot] = (pair_identity(row), (d, i, (d + i) / 2) if scored else (math.nan,) * 3)
+    if reference not in values:
+        raise ValueError(f"no result rows of the reference {reference!r}; methods: "
+                         f"{', '.join(values) or 'none'}")
+    defined = {label: {slot: value for slot, value in slots.items()
+                       if not math.isnan(value[1][2])}
+               for label, slots in values.items()}
+    base = defined[reference]
+    order = list(methods) if methods is not None else list(values)
+    table = []
+    for label in order:
+        if label == reference or label not in values:
+            continue
+        own = defined[label]
+        paired = [slot for slot in own if slot in base]
+        line: dict[str, Any] = {"method": label, "reference": reference,
+                                "metric_fill": next(iter(fills))}
+        for k, metric in enumerate(FRACTIONS):
+            rng = np.random.default_rng([seed, zlib.crc32(f"{label}-{reference}/{metric}".encode())])
+            interval = _mean_ci([(own[slot][0], own[slot][1][k] - base[slot][1][k])
+                                 for slot in paired],
+                                num_resamples=num_resamples, rng=rng, level=level)
+            line.update({metric: interval.mean, f"{metric}_low": interval.low,
+                         f"{metric}_high": interval.high})
+        by_pair: dict[frozenset[str], list[float]] = {}
+        for slot in paired:
+            by_pair.setdefault(own[slot][0], []).append(own[slot][1][2] - base[slot][1][2])
+        pair_means = np.array([np.mean(group) for group in by_pair.values()])
+        line.update(rows=len(paired), pairs=len(by_pair),
+                    lower=int(np.sum(pair_means < 0)), higher=int(np.sum(pair_means > 0)),
+                    tied=int(np.sum(pair_means == 0)),
+                    unpaired=len(own) + len(base) - 2 * len(paired))
         table.append(line)
     return table
 
@@ -325,19 +425,70 @@ def format_table(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) -> 
     return "\n".join(lines) + "\n"
 
 
+def format_paired(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) -> str:
+    """Markdown: each method minus the reference, map by map (`paired_differences`).
+
+    Each cell is "difference [low, high]", signed; negative: the method is
+    more faithful than the reference by that metric (fewer pixels to flip
+    the decision). "pairs lower / higher / tied" counts the distinct pairs
+    by the sign of their mean difference of the average.
+
+    Args:
+      table: one row per method, as `paired_differences` returns them.
+      level: the interval level `paired_differences` used, for the caption.
+
+    Returns:
+      The Markdown table and its caption, ending in a newline; "" for an
+      empty table.
+    """
+    if not table:
+        return ""
+    reference = table[0]["reference"]
+    header = ["method", f"average - {reference}", f"deletion - {reference}",
+              f"insertion - {reference}", "pairs lower / higher / tied", "rows (pairs)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in table:
+        cells = [line["method"]]
+        for metric in ("average", "deletion", "insertion"):
+            mean, low, high = (line[metric], line[f"{metric}_low"], line[f"{metric}_high"])
+            cells.append("n/a" if math.isnan(mean) else
+                         f"{mean:+.4f} [one pair: no interval]" if math.isnan(low) else
+                         f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+        cells.append(f"{line['lower']} / {line['higher']} / {line['tied']}")
+        cells.append(f"{line['rows']} ({line['pairs']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    unpaired = sum(line["unpaired"] for line in table)
+    lines += ["", (
+        f"Each method minus {reference} on the same maps' rows (the same image explained "
+        f"against the same reference in the same triplet, both fractions defined for "
+        f"both methods); negative: fewer pixels removed or added to flip the decision "
+        f"than {reference}. {100 * level:g}% CI: paired bootstrap over distinct pairs, "
+        f"both methods' rows of a pair resampled together. An interval that excludes 0 "
+        f"separates the two methods on these pairs; overlapping Table 1 intervals do "
+        f"not say they are tied."
+        + (f" {unpaired} defined rows had no defined partner and are left out."
+           if unpaired else ""))]
+    return "\n".join(lines) + "\n"
+
+
 def format_tables(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
+                  paired: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
                   level: float = 0.95) -> str:
     """Markdown: one Table 1 per metric fill, each under a heading naming its fill.
 
     Args:
       tables: {metric fill: `summarize`'s table of that fill's rows}, in
         the order to print.
+      paired: {metric fill: `paired_differences`'s table of that fill's
+        rows}; each follows its fill's Table 1. None: no paired tables.
       level: the interval level `summarize` used, for the captions.
 
     Returns:
       For each fill: "## Table 1, metric fill: <fill>", a line saying what
       the fill puts in place of removed pixels, and `format_table`'s table;
-      sections separated by a blank line.
+      then, when `paired` has the fill, "### Paired with <reference>, metric
+      fill: <fill>" and `format_paired`'s table; sections separated by a
+      blank line.
     """
     sections = []
     for fill, table in tables.items():
@@ -346,4 +497,8 @@ def format_tables(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
                         + (f"Deletion and Insertion with the {fill} fill: {text}.\n\n"
                            if text else "")
                         + format_table(table, level=level))
+        against = (paired or {}).get(fill)
+        if against:
+            sections.append(f"### Paired with {against[0]['reference']}, metric fill: {fill}\n\n"
+                            + format_paired(against, level=level))
     return "\n".join(sections)

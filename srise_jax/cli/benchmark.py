@@ -144,6 +144,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--save-maps", type=common.integer_in(0, sys.maxsize, "an integer >= 0"),
                        default=2, help="keep the maps of the first K triplets in OUT/maps "
                                        "(default: %(default)s)")
+    bench.add_argument("--paired-with", metavar="LABEL",
+                       help="after each Table 1, every other method minus LABEL on the same "
+                            "maps, with a paired bootstrap interval: whether a method beats "
+                            "LABEL, which overlapping Table 1 intervals do not say; 'none' "
+                            "for no paired tables (default: the default S-RISE at its "
+                            "largest count among --methods, e.g. srise@500; with "
+                            "--ablation: none)")
     bench.add_argument("--bootstrap", type=common.positive_int, default=10_000,
                        help="bootstrap resamples for the intervals (default: %(default)s)")
     bench.add_argument("--triplet-batch", type=common.positive_int, default=1, metavar="K",
@@ -183,6 +190,18 @@ def _settings_grid(spec: str | None) -> dict:
     return {name: ablation.GRID[name] for name in names}
 
 
+def _paired_with(spec: str | None, labels: list[str], default: str | None) -> str | None:
+    """The reference of the paired tables: --paired-with, checked against the run's labels."""
+    if spec is None:
+        return default
+    if spec.strip().lower() == "none":
+        return None
+    if spec.strip() not in labels:
+        raise common.UsageError(f"--paired-with {spec}: not one of this run's methods "
+                                f"({', '.join(labels)})")
+    return spec.strip()
+
+
 def run(args: argparse.Namespace) -> int:
     """`srise-jax benchmark`, holding the lock on --out (`_run_benchmark`) until it ends."""
     with contextlib.ExitStack() as held:
@@ -199,6 +218,9 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     else:
         methods = benchmark.parse_methods(args.methods)
     metric_fills = benchmark.parse_metric_fills(args.metric_fill)
+    paired_with = _paired_with(args.paired_with,
+                               list(settings) if args.ablation else [m.label for m in methods],
+                               None if args.ablation else benchmark.default_reference(methods))
     common.model_name(args)  # a wrong --model/--weights fails before anything runs
     triplets = _triplets(args)
     process, processes = _start_processes(args)
@@ -245,8 +267,8 @@ def _run_benchmark(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     reports = benchmark.write_reports(out, model_label=model.label,
                                       labels=runner.methods.labels, fills=metric_fills,
                                       command=" ".join([common.PROG, *sys.argv[1:]]),
-                                      num_resamples=args.bootstrap)
-    print(benchmark.format_tables(reports.tables))
+                                      paired_with=paired_with, num_resamples=args.bootstrap)
+    print(benchmark.format_tables(reports.tables, paired=reports.paired))
     print(f"wrote {', '.join(str(path) for path in reports.paths)}")
     return 1 if skipped else 0
 
