@@ -1,13 +1,20 @@
 """Table 1 per metric fill from the triplets a benchmark run has finished so far.
 
     python benchmarks/partial_tables.py runs/lfw100 /tmp/lfw100-partial
+    python benchmarks/partial_tables.py runs/lfw100 /tmp/lfw100-held-out \\
+        --held-out-from runs/ablation14 runs/ablation17
 
 A long `srise-jax benchmark` run writes its tables only at the end. This
 copies the run's results.csv, triplets.csv and run.json into OUT (the run
 itself is not touched, and may keep running), sets the copy's triplet count
 to the triplets that have rows, and writes OUT/table.md and the figures with
-the library's own `benchmark.write_reports`. The title and the command line
-of table.md say which triplets these are.
+the library's own `benchmark.write_reports`, with the paired tables against
+`--paired-with`. The title and the command line of table.md say which
+triplets these are.
+
+`--held-out-from` keeps only the triplets that share no identity
+(`protocols.image_identity`) with any triplet of the runs named: tables of
+identities that the settings chosen on those runs (ablations) never saw.
 """
 
 from __future__ import annotations
@@ -18,7 +25,26 @@ import json
 import shutil
 from pathlib import Path
 
-from srise_jax import benchmark
+from srise_jax import benchmark, protocols
+
+_IMAGES = ("probe", "mate", "nonmate")
+
+
+def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or ()), list(reader)
+
+
+def _write(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _identities(triplets: list[dict[str, str]]) -> set[str]:
+    return {protocols.image_identity(t[image]) for t in triplets for image in _IMAGES}
 
 
 def main() -> None:
@@ -28,9 +54,16 @@ def main() -> None:
     parser.add_argument("--paired-with", metavar="LABEL",
                         help="the reference of the paired tables (default: the default "
                              "S-RISE at its largest count among the run's methods)")
+    parser.add_argument("--held-out-from", type=Path, nargs="+", default=[], metavar="RUN",
+                        help="keep only the triplets sharing no identity with a triplet "
+                             "of these runs' triplets.csv")
     args = parser.parse_args()
-    with open(args.run / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    columns, rows = _read(args.run / "results.csv")
+    triplet_columns, triplets = _read(args.run / "triplets.csv")
+    seen = set().union(*(_identities(_read(run / "triplets.csv")[1])
+                         for run in args.held_out_from))
+    kept = {t["triplet"] for t in triplets if not _identities([t]) & seen}
+    rows = [row for row in rows if row["triplet"] in kept]
     done = sorted({int(row["triplet"]) for row in rows})
     # The order the run scored them in: the order of its --methods and --metric-fill.
     methods = list(dict.fromkeys(row["method"] for row in rows))
@@ -38,19 +71,23 @@ def main() -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
-    for name in ("results.csv", "triplets.csv"):
-        shutil.copy(args.run / name, args.out / name)
+    _write(args.out / "results.csv", columns, rows)
+    _write(args.out / "triplets.csv", triplet_columns,
+           [t for t in triplets if int(t["triplet"]) in done])
     run = json.loads((args.run / "run.json").read_text())
     total = run["num_triplets"]
     run["num_triplets"] = len(done)
     (args.out / "run.json").write_text(json.dumps(run, indent=2))
     paired_with = args.paired_with or benchmark.default_reference(
         benchmark.parse_methods(methods))
+    held_out = (f", those sharing no identity with the triplets of "
+                f"{', '.join(map(str, args.held_out_from))}" if args.held_out_from else "")
     reports = benchmark.write_reports(
         args.out, model_label=run["model"]["model"], labels=methods, fills=fills,
         paired_with=paired_with,
-        command=f"partial: the {len(done)} triplets {done} finished of the {total} of {args.run}")
-    print(f"triplets finished: {done} of {total}")
+        command=f"partial: the {len(done)} triplets {done} finished of the {total} of "
+                f"{args.run}{held_out}")
+    print(f"triplets: {done} of {total}{held_out}")
     print(benchmark.format_tables(reports.tables, paired=reports.paired))
 
 

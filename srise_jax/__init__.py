@@ -67,8 +67,8 @@ _LAZY = {
         "OnnxError", "load_arcface", "load_dlib", "load_onnx", "onnx_feature_fns")},
     "load_model": ("srise_jax.models", "load"),
     **{name: ("srise_jax.protocols", name) for name in (
-        "Pair", "Triplet", "load_protocol_face", "read_identity_folders", "read_lfw_pairs",
-        "sample_protocol", "sample_triplets")},
+        "Pair", "Triplet", "image_identity", "load_protocol_face", "read_identity_folders",
+        "read_lfw_pairs", "sample_protocol", "sample_triplets")},
     **{name: ("srise_jax.sanity", name) for name in (
         "SanityResult", "cascading_randomization", "layer_groups", "randomize")},
     **{name: ("srise_jax.similarity", name) for name in ("cosine_similarity", "unit_normalize")},
@@ -76,8 +76,8 @@ _LAZY = {
         "Roc", "calibrate_threshold", "equal_error_rate", "roc_curve",
         "verification_accuracy")},
     **{name: ("srise_jax.viz", name) for name in (
-        "plot_convergence", "plot_curves", "plot_fill_summary", "plot_mean_curves",
-        "plot_triplet")},
+        "plot_convergence", "plot_curves", "plot_fill_curves", "plot_fill_summary",
+        "plot_mean_curves", "plot_triplet")},
     **{name: ("srise_jax.srise", name) for name in (
         "PairSaliency", "SaliencySums", "SRiseConfig", "TripletSaliency", "add_sums",
         "finalize_triplet", "normalize_jointly", "srise_pair", "srise_triplet",
@@ -140,6 +140,7 @@ __all__ = [
     "gaussian_mask",
     "gaussian_masks",
     "get_explainer",
+    "image_identity",
     "ImageError",
     "insertion",
     "iresnet_embed_fn",
@@ -175,6 +176,7 @@ __all__ = [
     "patch_centres",
     "plot_convergence",
     "plot_curves",
+    "plot_fill_curves",
     "plot_fill_summary",
     "plot_mean_curves",
     "plot_triplet",

@@ -3,7 +3,8 @@
 `read_lfw_pairs` reads LFW's View 2 `pairs.txt`; `read_identity_folders`
 lists a face dataset by identity, whether in one folder per identity (LFW)
 or flat `name_0001.jpg` files in one folder (the official CALFW and CPLFW
-releases; CPLFW numbers them without padding, `name_1.jpg`);
+releases; CPLFW numbers them without padding, `name_1.jpg`), and
+`image_identity` reads the identity off an image's name in either layout;
 `sample_triplets` draws (probe, mate, nonmate) triplets from that listing as
 in the paper's section 4.1.3; `sample_protocol` is a small fixed protocol on
 the bundled sample photos (`srise_jax.data`) and their synthetic occlusions,
@@ -122,6 +123,33 @@ def _lfw_image(image_dir: Path, name: str, number_text: str, where: str) -> Path
 
 # A flat file's identity: its name before the last "_<digits>".
 _FLAT_NAME = re.compile(r"^(?P<identity>.+)_\d+$")
+
+
+def image_identity(name: str | os.PathLike) -> str:
+    """The identity of an image named relative to its dataset folder.
+
+    The layouts of `read_identity_folders`: "name/name_0001.jpg" is the
+    folder's identity; a flat "name_0001.jpg" the file name before the
+    last "_<digits>". Triplet and result files name images this way.
+
+    Args:
+      name: an image path relative to the dataset folder, e.g. a
+        triplets.csv cell.
+
+    Returns:
+      The identity.
+
+    Raises:
+      ValueError: a flat name without a "_<digits>" suffix.
+    """
+    path = Path(name)
+    if len(path.parts) > 1:
+        return path.parts[0]
+    match = _FLAT_NAME.match(path.stem)
+    if match is None:
+        raise ValueError(f"{name}: cannot tell the identity of a flat image file not "
+                         f"named <identity>_<number>")
+    return match["identity"]
 
 
 def read_identity_folders(root: str | os.PathLike, *,

@@ -418,22 +418,16 @@ def plot_mean_curves(
       The figure; each legend entry gives the method's mean AUC.
     """
     figure = Figure(figsize=(11.0, 4.6), dpi=_DPI, layout="constrained")
-    panels = dict(zip(("deletion", "insertion"), figure.subplots(1, 2, sharey=True)))
-    for method, by_mode in curves.items():
+    panels = dict(zip(_CURVE_MODES, figure.subplots(1, 2, sharey=True)))
+    for number, (method, by_mode) in enumerate(curves.items()):
         for mode, axes in panels.items():
-            rows = np.asarray(by_mode[mode], np.float64)
-            rows = rows[np.all(np.isfinite(rows), axis=1)] if rows.size else rows
-            if not len(rows):
-                continue
-            fractions = np.linspace(0.0, 1.0, rows.shape[1])
-            mean = rows.mean(0)
-            axes.plot(fractions, mean,
-                      label=f"{method} (AUC {np.trapezoid(mean, fractions):.3f}, n={len(rows)})")
+            drawn = _mean_curve(axes, by_mode[mode], number)
+            if drawn is not None:
+                line, rows = drawn
+                auc = np.trapezoid(line.get_ydata(), line.get_xdata())
+                line.set_label(f"{method} (AUC {auc:.3f}, n={rows})")
     for mode, axes in panels.items():
-        better = "lower" if mode == "deletion" else "higher"
-        axes.set_title(f"{mode} ({better} AUC is better)")
-        axes.set_xlabel("fraction of pixels changed, most salient first")
-        axes.set_xlim(0.0, 1.0)
+        _curve_axes(axes, mode)
         axes.legend(fontsize="x-small")
     panels["deletion"].set_ylabel("mean cosine similarity to the intact reference")
     if title is not None:
@@ -441,6 +435,86 @@ def plot_mean_curves(
     if path is not None:
         save_png(figure, path)
     return figure
+
+
+def plot_fill_curves(
+    curves: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+    *,
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Mean deletion and insertion curves per metric fill: one row of panels per fill.
+
+    `plot_mean_curves` with several fills would put every (method, fill) in
+    one pair of panels, a legend longer than the plot. Here each fill has
+    its own row, a method keeps its colour and line style in every panel,
+    and one legend beside the panels names the methods (the AUCs are in
+    Table 1).
+
+    Args:
+      curves: {metric fill: {method: {"deletion": (R, K) array,
+        "insertion": (R, K) array}}}, rows as `plot_mean_curves` takes them.
+      path: if given, the figure is also written there as a PNG.
+      title: the figure's title.
+
+    Returns:
+      The figure: per fill, a deletion and an insertion axes labelled
+      "<fill> deletion" / "<fill> insertion"; each curve line's gid is its
+      method.
+
+    Raises:
+      ValueError: no fills.
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one metric fill, got none")
+    methods = list(dict.fromkeys(m for by_method in curves.values() for m in by_method))
+    figure = Figure(figsize=(13.0, 0.6 + 3.2 * len(curves)), dpi=_DPI, layout="constrained")
+    grid = figure.subplots(len(curves), 2, sharex=True, sharey=True, squeeze=False)
+    for row, (panels, (fill, by_method)) in enumerate(zip(grid, curves.items())):
+        for axes, mode in zip(panels, _CURVE_MODES):
+            axes.set_label(f"{fill} {mode}")
+            for method, by_mode in by_method.items():
+                drawn = _mean_curve(axes, by_mode[mode], methods.index(method))
+                if drawn is not None:
+                    drawn[0].set_gid(method)
+            _curve_axes(axes, mode, fill=fill, last_row=row == len(curves) - 1)
+        panels[0].set_ylabel("mean cosine similarity")
+    proxies = [Line2D([], [], label=method, **_curve_style(number))
+               for number, method in enumerate(methods)]
+    figure.legend(handles=proxies, loc="outside right upper", fontsize="small")
+    if title is not None:
+        figure.suptitle(title)
+    if path is not None:
+        save_png(figure, path)
+    return figure
+
+
+_CURVE_MODES = ("deletion", "insertion")
+
+
+def _curve_style(number: int) -> dict[str, Any]:
+    """The colour and line style of the `number`-th method: distinct for 40 methods."""
+    return {"color": f"C{number % 10}", "linestyle": ("-", "--", ":", "-.")[number // 10 % 4]}
+
+
+def _mean_curve(axes, rows: ArrayLike, number: int):
+    """Draw the mean of the finite rows of curves: (its line, rows averaged), or None."""
+    rows = np.asarray(rows, np.float64)
+    rows = rows[np.all(np.isfinite(rows), axis=1)] if rows.size else rows
+    if not len(rows):
+        return None
+    fractions = np.linspace(0.0, 1.0, rows.shape[1])
+    (line,) = axes.plot(fractions, rows.mean(0), **_curve_style(number))
+    return line, len(rows)
+
+
+def _curve_axes(axes, mode: str, *, fill: str | None = None, last_row: bool = True) -> None:
+    better = "lower" if mode == "deletion" else "higher"
+    axes.set_title(f"{'' if fill is None else f'metric fill {fill}: '}{mode} "
+                   f"({better} AUC is better)")
+    if last_row:
+        axes.set_xlabel("fraction of pixels changed, most salient first")
+    axes.set_xlim(0.0, 1.0)
 
 
 # What each Table 1 metric measures, under `plot_fill_summary`'s panels,

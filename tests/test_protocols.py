@@ -8,8 +8,9 @@ import pytest
 from srise_jax import benchmark
 from srise_jax.align import DLIB_150
 from srise_jax.data import OCCLUSION_KINDS, SAMPLE_NAMES
-from srise_jax.protocols import (Pair, Triplet, load_protocol_face, read_identity_folders,
-                                 read_lfw_pairs, sample_protocol, sample_triplets)
+from srise_jax.protocols import (Pair, Triplet, image_identity, load_protocol_face,
+                                 read_identity_folders, read_lfw_pairs, sample_protocol,
+                                 sample_triplets)
 
 LFW_DEV = Path(__file__).parents[2] / "shared/data/lfw-dev"
 
@@ -114,6 +115,19 @@ def test_read_identity_folders_flat_layout(tmp_path):
     assert identities["Zed_A"] == [root / "Zed_A_0001.jpg", root / "Zed_A_0002.jpg"]
     # Sorted as paths (by character), not by number.
     assert identities["Amy_Bo"] == [root / "Amy_Bo_1.JPG", root / "Amy_Bo_12.png"]
+
+
+def test_image_identity_agrees_with_the_folder_listing(tmp_path, lfw_tree):
+    # Both layouts, named relative to the root as triplets.csv names them.
+    root = tmp_path / "flat"
+    for name in ("Zed_A_0002.jpg", "Amy_Bo_12.png", "Cy_3.jpeg"):
+        _touch(root / name)
+    for folder in (lfw_tree, root):
+        for identity, paths in read_identity_folders(folder).items():
+            assert {image_identity(p.relative_to(folder).as_posix()) for p in paths} == \
+                {identity}
+    with pytest.raises(ValueError, match=r"portrait.jpg: cannot tell the identity"):
+        image_identity("portrait.jpg")
 
 
 def test_read_identity_folders_errors(tmp_path):

@@ -344,3 +344,37 @@ def test_fill_summary_has_one_panel_for_one_fill_and_refuses_bad_input(fill_rows
         viz.plot_fill_summary({"blur": table}, metric="auc")
     with pytest.raises(ValueError, match="tables must hold at least one metric fill"):
         viz.plot_fill_summary({})
+
+
+def test_fill_curves_draw_each_fills_mean_curves_in_one_style_per_method(tmp_path):
+    rng = np.random.default_rng(0)
+    methods = [f"m{k}" for k in range(13)]  # more methods than colours
+    curves = {fill: {m: {mode: rng.uniform(size=(4, 9)) for mode in ("deletion", "insertion")}
+                     for m in methods if not (fill == "blur" and m == "m3")}
+              for fill in ("mean", "blur")}
+    curves["mean"]["m0"]["deletion"][1, 4] = np.nan  # left out of the mean
+    path = tmp_path / "curves.png"
+    figure = viz.plot_fill_curves(curves, path=path, title="t")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+    panels = {axes.get_label(): axes for axes in figure.get_axes()}
+    assert list(panels) == ["mean deletion", "mean insertion", "blur deletion",
+                            "blur insertion"]
+    styles = {}
+    for label, axes in panels.items():
+        fill, mode = label.split()
+        lines = {line.get_gid(): line for line in axes.get_lines()}
+        assert list(lines) == [m for m in methods if m in curves[fill]]
+        for method, line in lines.items():
+            rows = curves[fill][method][mode]
+            want = rows[np.all(np.isfinite(rows), axis=1)].mean(0)  # NumPy, finite rows
+            np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+            np.testing.assert_allclose(line.get_xdata(), np.linspace(0, 1, 9))
+            styles.setdefault(method, set()).add((line.get_color(), line.get_linestyle()))
+    # One style per method in every panel, and no two methods alike.
+    assert all(len(seen) == 1 for seen in styles.values())
+    assert len({next(iter(seen)) for seen in styles.values()}) == 13
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == methods
+    with pytest.raises(ValueError, match="at least one metric fill"):
+        viz.plot_fill_curves({})

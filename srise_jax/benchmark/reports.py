@@ -56,9 +56,9 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
     as a picture, one panel per fill (one when the run has one), each
     method's mean average of Deletion and Insertion with its interval
     (`viz.plot_fill_summary`); curves.png the mean
-    deletion/insertion curves of each method over its scored maps (each
-    (method, fill) its own line, "method [fill]", when there are several
-    fills);
+    deletion/insertion curves of each method over its scored maps
+    (`viz.plot_mean_curves`; with several fills one row of panels per fill,
+    `viz.plot_fill_curves`);
     convergence.png (with several S-RISE counts, from the maps kept in
     `out`/maps) each kept triplet's probe-vs-mate map at every count, as
     in the paper's Fig. 6.
@@ -111,11 +111,13 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
                                       {"deletion": [], "insertion": []})
             for mode in ("deletion", "insertion"):
                 entry[mode].append([float(v) for v in row[f"{mode}_curve"].split()])
-    named = {(m, f): (m if len(by_fill) == 1 else f"{m} [{f}]")
-             for f in by_fill for m in order}
-    viz.plot_mean_curves({named[key]: curves[key] for key in named if key in curves},
-                         path=written[1],
-                         title=f"Deletion / insertion curves, mean over scored maps: {title}")
+    curve_title = f"Deletion / insertion curves, mean over scored maps: {title}"
+    by_fill_curves = {f: {m: curves[m, f] for m in order if (m, f) in curves} for f in by_fill}
+    if len(by_fill) == 1:
+        viz.plot_mean_curves(next(iter(by_fill_curves.values())), path=written[1],
+                             title=curve_title)
+    else:
+        viz.plot_fill_curves(by_fill_curves, path=written[1], title=curve_title)
     viz.plot_fill_summary(tables, path=written[2],
                           title=f"Table 1 per metric fill: {title}")
     figure_rows = _convergence_rows(out / "maps", order)
