@@ -153,7 +153,7 @@ def _mean_ci(values: Sequence[tuple[Any, float]], *, num_resamples: int,
 
 
 def _check_row(number: int, row: Mapping[str, Any], fills: dict[str, None]) -> None:
-    """Raise if row `number` lacks a key `summarize` reads, or adds a second metric fill to `fills`."""
+    """Raise if row `number` lacks a key `summarize` reads, or adds a second fill to `fills`."""
     missing = [key for key in _ROW_KEYS if key not in row]
     if missing:
         raise ValueError(f"result row {number}: no {', '.join(map(repr, missing))}")
@@ -332,7 +332,8 @@ def paired_differences(rows: Iterable[Mapping[str, Any]], *, reference: str,
         line: dict[str, Any] = {"method": label, "reference": reference,
                                 "metric_fill": next(iter(fills))}
         for k, metric in enumerate(FRACTIONS):
-            rng = np.random.default_rng([seed, zlib.crc32(f"{label}-{reference}/{metric}".encode())])
+            name = f"{label}-{reference}/{metric}"
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
             interval = _mean_ci([(own[slot][0], own[slot][1][k] - base[slot][1][k])
                                  for slot in paired],
                                 num_resamples=num_resamples, rng=rng, level=level)
