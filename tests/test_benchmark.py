@@ -457,7 +457,8 @@ def test_run_benchmark_from_python_equals_the_library_functions_and_resumes(tmp_
     rows = result.rows
     assert result.skipped == () and sum(calls) == 2 * 3  # triplets x methods
     assert len(rows) == 2 * 2 * 2 * 3  # triplets x pairs x sides x methods
-    assert rows == benchmark.read_rows(out / "results.csv")
+    assert rows == benchmark.read_rows(out / "results.csv") == \
+        benchmark.read_rows(str(out / "results.csv"))  # a path as a string too
 
     # Every row, recomputed one job at a time from the library's functions:
     # the same map (job key, method key), the same scores, and a fraction

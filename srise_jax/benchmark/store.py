@@ -426,7 +426,7 @@ def save_maps(path: Path, faces: Sequence[np.ndarray], maps: Mapping[str, np.nda
         np.savez_compressed(file, **merged)
 
 
-def read_rows(results: Path) -> list[dict[str, str]]:
+def read_rows(results: str | os.PathLike) -> list[dict[str, str]]:
     """Every row of a results file, as `csv.DictReader` reads them.
 
     Args:
@@ -435,6 +435,7 @@ def read_rows(results: Path) -> list[dict[str, str]]:
     Returns:
       The rows, in file order.
     """
+    results = Path(results)
     if not results.exists():
         return []
     with open(results, newline="") as file:
