@@ -47,6 +47,14 @@ def _identities(triplets: list[dict[str, str]]) -> set[str]:
     return {protocols.image_identity(t[image]) for t in triplets for image in _IMAGES}
 
 
+def _default_reference(methods: list[str]) -> str | None:
+    """`benchmark.default_reference` of a run's labels; None for an ablation's settings."""
+    try:
+        return benchmark.default_reference(benchmark.parse_methods(methods))
+    except ValueError:  # ablation labels ("paper", "default+...") are not method labels
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="the benchmark's --out directory")
@@ -78,8 +86,7 @@ def main() -> None:
     total = run["num_triplets"]
     run["num_triplets"] = len(done)
     (args.out / "run.json").write_text(json.dumps(run, indent=2))
-    paired_with = args.paired_with or benchmark.default_reference(
-        benchmark.parse_methods(methods))
+    paired_with = args.paired_with or _default_reference(methods)
     held_out = (f", those sharing no identity with the triplets of "
                 f"{', '.join(map(str, args.held_out_from))}" if args.held_out_from else "")
     reports = benchmark.write_reports(

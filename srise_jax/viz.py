@@ -47,6 +47,8 @@ _CAPTION_CHARS_PER_INCH = 11
 _TITLE_CHARS_PER_INCH = 8
 _NOTE_LINE_INCHES = 0.15
 _DPI = 100
+# The two panels of the mean-curve figures, left to right.
+_CURVE_MODES = ("deletion", "insertion")
 
 
 def triplet_maps(probe: ArrayLike, mate: ArrayLike, nonmate: ArrayLike,
@@ -488,8 +490,6 @@ def plot_fill_curves(
         save_png(figure, path)
     return figure
 
-
-_CURVE_MODES = ("deletion", "insertion")
 
 
 def _curve_style(number: int) -> dict[str, Any]:
