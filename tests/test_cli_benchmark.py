@@ -1,8 +1,13 @@
 """`srise-jax benchmark` and `srise-jax figures` on a planted 32x32 model (fast)."""
 
 import csv
+import json
 import os
+import runpy
+import shutil
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import assert_one_error_line
@@ -10,6 +15,7 @@ from planted_face import NAME, planted_model, register_planted
 
 from srise_jax import benchmark, cli, models, outputs, protocols
 
+_PARTIAL_TABLES = Path(__file__).parents[1] / "benchmarks" / "partial_tables.py"
 _METHODS = "srise@4,srise@8,random"
 _OPTIONS = ["--model", "planted", "--batch-size", "4", "--metric-batch", "8",
             "--curve-points", "5", "--bootstrap", "200", "--threshold", "0.2"]
@@ -258,3 +264,57 @@ def test_a_rerun_keeps_rows_written_twice_and_says_what_it_left_out(tmp_path, pl
     assert ("1 repeated header line(s)" in err) == second_header
     # The finished rows, kept as they were (times included): nothing was run again.
     assert (out / "results.csv").read_text() == header + "".join(rows)
+
+
+def _partial_tables(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["partial_tables.py", *map(str, args)])
+    runpy.run_path(str(_PARTIAL_TABLES), run_name="__main__")
+
+
+def test_partial_tables_merge_a_live_distributed_run_and_keep_what_is_asked(
+        tmp_path, planted_cli, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert _run(out) == 0
+    lines = (out / "results.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    # A 2-process run caught mid-append: triplet 0 in results.csv, triplet 1
+    # (12 rows: 2 pairs x 2 sides x 3 methods) in process 1's part, then a cut line.
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("run.json", "triplets.csv"):
+        shutil.copy(out / name, live / name)
+    (live / "results.csv").write_text(header + "".join(rows[:12]))
+    (live / "results.part1.csv").write_text(header + "".join(rows[12:]) + rows[0][:7])
+    before = {path.name: path.read_bytes() for path in live.iterdir()}
+
+    _partial_tables(monkeypatch, live, tmp_path / "whole")
+    assert {path.name: path.read_bytes() for path in live.iterdir()} == before
+    assert "note: " + str(live / "results.part1.csv") in capsys.readouterr().err
+    # The same tables as the finished run's: the title lines, then what
+    # follows the command.
+    benchmark.write_reports(out, model_label="planted", labels=_METHODS.split(","),
+                            paired_with="srise@8", command="finished")
+    whole, finished = ((path / "table.md").read_text().split("\n\n", 3)
+                       for path in (tmp_path / "whole", out))
+    assert whole[2].startswith("Command: `partial: the 2 triplets [0, 1] finished of the 2")
+    assert (whole[:2], whole[3]) == (finished[:2], finished[3])
+    assert "### Paired with srise@8, metric fill: mean" in whole[3]
+
+    _partial_tables(monkeypatch, live, tmp_path / "first", "--first", "1")
+    assert {row["triplet"] for row in _read(tmp_path / "first" / "results.csv")} == {"0"}
+    assert json.loads((tmp_path / "first" / "run.json").read_text())["num_triplets"] == 1
+    table = (tmp_path / "first" / "table.md").read_text()
+
+    # Nothing left to keep (triplet 0 not finished), or identities the
+    # bundled photos' names do not give: one error line each, OUT kept.
+    (live / "results.csv").unlink()
+    for args, message in (
+            (["--first", "1"], "none of its finished triplets is kept (--first, "
+                               "--held-out-from); no table to write"),
+            (["--held-out-from", live], "--held-out-from: obama: cannot tell the identity")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            _partial_tables(monkeypatch, live, tmp_path / "first", *args)
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
+        assert (tmp_path / "first" / "table.md").read_text() == table
