@@ -61,9 +61,10 @@ def _finished_rows(run: Path) -> tuple[list[str], list[dict[str, str]]]:
         for path in run.glob("results*.csv"):
             shutil.copy(path, Path(tmp) / path.name)
         benchmark.merge_parts(Path(tmp))
+        merged = Path(tmp) / "results.csv"
         # complete_rows: a copy taken while the run appends may end in a cut block.
-        found = (_read(Path(tmp) / "results.csv")[0],
-                 benchmark.complete_rows(Path(tmp) / "results.csv").kept)
+        found = ((_read(merged)[0], benchmark.complete_rows(merged).kept)
+                 if merged.exists() else ([], []))
     for warning in caught:  # named by the run's files, not the copies'
         print(f"note: {str(warning.message).replace(tmp, str(run))}", file=sys.stderr)
     return found
@@ -105,12 +106,14 @@ def main() -> None:
             triplets_kept = [t for t in triplets_kept if not _identities([t]) & seen]
         except ValueError as err:  # names without an identity (the bundled photos)
             parser.error(f"--held-out-from: {err}")
+    if not rows:
+        parser.error(f"{args.run}: no finished triplet yet; no table to write")
     kept = {t["triplet"] for t in triplets_kept}
     rows = [row for row in rows if row["triplet"] in kept]
     done = sorted({int(row["triplet"]) for row in rows})
     if not done:
-        parser.error(f"{args.run}: none of its finished triplets is kept "
-                     f"(--first, --held-out-from); no table to write")
+        parser.error(f"{args.run}: --first / --held-out-from keep none of its finished "
+                     f"triplets; no table to write")
     # The order the run scored them in: the order of its --methods and --metric-fill.
     methods = list(dict.fromkeys(row["method"] for row in rows))
     fills = list(dict.fromkeys(row.get("metric_fill") or "mean" for row in rows))

@@ -309,8 +309,8 @@ def test_partial_tables_merge_a_live_distributed_run_and_keep_what_is_asked(
     # bundled photos' names do not give: one error line each, OUT kept.
     (live / "results.csv").unlink()
     for args, message in (
-            (["--first", "1"], "none of its finished triplets is kept (--first, "
-                               "--held-out-from); no table to write"),
+            (["--first", "1"], "--first / --held-out-from keep none of its finished "
+                               "triplets; no table to write"),
             (["--held-out-from", live], "--held-out-from: obama: cannot tell the identity")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as stop:
