@@ -95,10 +95,8 @@ def main() -> None:
         parser.error(f"--first: {args.first} keeps no triplet; give K >= 1")
     columns, rows = _finished_rows(args.run)
     triplet_columns, triplets = _read(args.run / "triplets.csv")
-    if args.first is not None:
-        triplets_kept = [t for t in triplets if int(t["triplet"]) < args.first]
-    else:
-        triplets_kept = triplets
+    triplets_kept = [t for t in triplets
+                     if args.first is None or int(t["triplet"]) < args.first]
     if args.held_out_from:
         try:
             seen = set().union(*(_identities(_read(run / "triplets.csv")[1])
