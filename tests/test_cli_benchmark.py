@@ -1,4 +1,5 @@
-"""`srise-jax benchmark`, `srise-jax figures` and benchmarks/partial_tables.py on a planted 32x32 model (fast)."""
+"""`srise-jax benchmark`, `srise-jax figures` and benchmarks/partial_tables.py
+on a planted 32x32 model (fast)."""
 
 import csv
 import json
