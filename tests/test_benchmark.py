@@ -354,8 +354,13 @@ def test_paired_tables_follow_their_fills_table_1():
               for f, r in by_fill.items()}
     text = benchmark.format_tables(tables, paired=paired)
     heads = [line for line in text.splitlines() if line.startswith("#")]
-    assert heads == ["## Table 1, metric fill: mean", "### Paired with ref, metric fill: mean",
+    assert heads == ["## Overview: average of Deletion and Insertion per metric fill",
+                     "### Paired with ref: average of Deletion and Insertion per metric fill",
+                     "## Table 1, metric fill: mean", "### Paired with ref, metric fill: mean",
                      "## Table 1, metric fill: blur", "### Paired with ref, metric fill: blur"]
+    assert text.startswith(benchmark.format_overview(tables, paired=paired))
+    assert benchmark.format_tables(tables, paired=paired, overview=False) == \
+        text[text.index("## Table 1"):]
     line = paired["mean"][0]
     section = text.split("### Paired with ref, metric fill: mean")[1]
     row = next(r for r in section.splitlines() if r.startswith("| b |"))
@@ -367,6 +372,42 @@ def test_paired_tables_follow_their_fills_table_1():
     assert line["average"] > 0 and "+0.0" in row
     assert benchmark.format_tables(tables) == benchmark.format_tables(tables, paired={})
     assert "Paired" not in benchmark.format_tables(tables)
+    # One fill: nothing to put side by side.
+    assert "Overview" not in benchmark.format_tables({"mean": tables["mean"]})
+
+
+def test_overview_puts_each_fills_average_side_by_side():
+    rows = _paired_rows(np.random.default_rng(6), 0.02)
+    # Under blur, "b" has no rows and "ref" one pair only; under impute,
+    # "ref" has no defined average (every row undefined).
+    blur = [{**r, "metric_fill": "blur"} for r in rows if r["method"] == "ref"][:2]
+    impute = [{**r, "metric_fill": "impute", "deletion": "", "deletion_reason": "cannot_flip"}
+              for r in rows]
+    by_fill = benchmark.rows_by_fill(rows + blur + impute)
+    tables = {f: benchmark.summarize(r, num_resamples=200) for f, r in by_fill.items()}
+    text = benchmark.format_overview(tables)
+    lines = text.splitlines()
+    assert lines[2] == "| method | mean fill | blur fill | impute fill |"
+    ref, b = (next(line for line in tables["mean"] if line["method"] == m) for m in ("ref", "b"))
+    (single,) = tables["blur"]
+    assert single["average_pairs"] == 1
+    assert lines[4] == (f"| ref | {ref['average']:.4f} [{ref['average_low']:.4f}, "
+                        f"{ref['average_high']:.4f}] | {single['average']:.4f} "
+                        f"[one pair: no interval] | n/a |")
+    assert lines[5] == (f"| b | {b['average']:.4f} [{b['average_low']:.4f}, "
+                        f"{b['average_high']:.4f}] | - | n/a |")
+    assert b["average"] > ref["average"]  # the planted offset
+    assert "Paired" not in text and benchmark.format_overview({}) == ""
+
+    paired = {f: benchmark.paired_differences(r, reference="ref", num_resamples=200)
+              for f, r in by_fill.items() if f != "blur"}
+    lines = benchmark.format_overview(tables, paired=paired).splitlines()
+    start = lines.index("### Paired with ref: average of Deletion and Insertion per metric fill")
+    (diff,) = paired["mean"]
+    assert lines[start + 2] == "| method minus ref | mean fill | blur fill | impute fill |"
+    assert lines[start + 4] == (f"| b | {diff['average']:+.4f} [{diff['average_low']:+.4f}, "
+                                f"{diff['average_high']:+.4f}]; 0 / 12 / 0 | - | n/a |")
+    assert diff["average_low"] > 0  # separated: "b" is higher on every pair
 
 
 def test_score_reasons_reach_the_results_rows(planted_region):

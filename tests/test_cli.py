@@ -355,6 +355,18 @@ def test_model_options_are_checked(tmp_path, capsys, extra, needle):
     assert not (tmp_path / "demo").exists()
 
 
+def test_every_commands_help_renders_as_written(capsys):
+    """argparse %-formats option help but not descriptions: a "%%" meant as an
+    escaped percent sign prints doubled in a description."""
+    names = ["explain", "convert", "align", "demo", "sanity", "benchmark", "figures"]
+    for argv in [[]] + [[name] for name in names]:
+        assert cli.main(argv + ["--help"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: srise-jax"), argv
+        assert "%%" not in text and "%(" not in text, (argv, text)
+    assert cli.build_parser().format_usage().count("COMMAND") == 1
+
+
 def test_installed_script_reports_errors_in_one_line(tmp_path):
     script = shutil.which("srise-jax")
     assert script is not None, "console script missing: pip install -e ."

@@ -117,7 +117,8 @@ def test_benchmark_scores_under_each_metric_fill_and_adds_fills(tmp_path, plante
     assert [r["metric_fill"] for r in rows[:2]] == ["mean", "blur"]
     table = (out / "table.md").read_text()
     headings = [line for line in table.splitlines() if line.startswith("## ")]
-    assert headings == ["## Table 1, metric fill: mean", "## Table 1, metric fill: blur"]
+    assert headings == ["## Overview: average of Deletion and Insertion per metric fill",
+                        "## Table 1, metric fill: mean", "## Table 1, metric fill: blur"]
     printed = capsys.readouterr().out
     assert printed.startswith("planted, threshold 0.2: 2 triplets x 1 methods x 2 metric "
                               "fills (mean, blur); 2 triplets to run\n")

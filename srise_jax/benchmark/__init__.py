@@ -25,8 +25,9 @@ The modules, from the bottom up:
   mesh (`shard_over_triplets`, `triplet_mesh`); with one triplet per device
   its maps and scores are those of one triplet at a time.
 - `table`: Table 1 from rows (`summarize`, `format_table`), one per metric
-  fill (`rows_by_fill`, `format_tables`), and each method against one
-  reference on the same maps (`paired_differences`, `format_paired`).
+  fill (`rows_by_fill`, `format_tables`), each method against one
+  reference on the same maps (`paired_differences`, `format_paired`), and
+  the averages of all fills side by side (`format_overview`).
 - `store`: the resumable run directory (run.json, results.csv and its
   parts, maps); a rerun adds only what is missing.
 - `runner`: the loop (`Runner`, `run_benchmark`), with progress through a
@@ -100,6 +101,7 @@ from srise_jax.benchmark.table import (
     FRACTIONS,
     NO_REASON,
     REJECTED,
+    format_overview,
     format_paired,
     format_table,
     format_tables,
@@ -138,6 +140,7 @@ __all__ = [
     "complete_rows",
     "dataset_triplets",
     "default_reference",
+    "format_overview",
     "format_paired",
     "format_table",
     "format_tables",

@@ -49,9 +49,11 @@ def write_reports(out: str | os.PathLike, *, model_label: str, labels: Sequence[
     """Table 1 per metric fill and the figures of a run directory's results.csv.
 
     table.md holds a title line (model, threshold, data, triplets), the
-    command if given, and `format_tables`'s tables: one Table 1 per metric
-    fill of the rows, under a heading naming it, each followed, with
-    `paired_with`, by every other method minus that one on the same maps
+    command if given, and `format_tables`'s tables: with several fills
+    first every method's average under each fill side by side
+    (`format_overview`), then one Table 1 per metric fill of the rows,
+    under a heading naming it, each followed, with `paired_with`, by every
+    other method minus that one on the same maps
     (`paired_differences`); fills.png the same tables
     as a picture, one panel per fill (one when the run has one), each
     method's mean average of Deletion and Insertion with its interval

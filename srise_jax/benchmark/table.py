@@ -472,9 +472,80 @@ def format_paired(table: Sequence[Mapping[str, Any]], *, level: float = 0.95) ->
     return "\n".join(lines) + "\n"
 
 
+def format_overview(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
+                    paired: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                    level: float = 0.95) -> str:
+    """Markdown: every method's average of Deletion and Insertion under every metric fill.
+
+    The comparison a reader of a run with several fills looks for first, in
+    one table: a row per method (in the first fill's order, then methods
+    that only later fills have), a column per fill, each cell the "average"
+    of that fill's Table 1 ("mean [low, high]", over its rows and pairs);
+    "-" where the fill has no row of the method. With `paired`, a second
+    table: each method minus the reference under each fill
+    (`paired_differences`), "difference [low, high]; lower / higher / tied"
+    (the distinct pairs by the sign of their mean difference).
+
+    Args:
+      tables: {metric fill: `summarize`'s table}, in the columns' order.
+      paired: {metric fill: `paired_differences`'s table}; None or empty:
+        no second table.
+      level: the interval level, for the captions.
+
+    Returns:
+      "## Overview: ..." and the table(s) with their captions, ending in a
+      newline; "" without tables.
+    """
+    if not tables:
+        return ""
+    fills = list(tables)
+    percent = f"{100 * level:g}%"
+
+    def grid(head: str, by_fill: Mapping[str, Sequence[Mapping[str, Any]]], cell) -> list[str]:
+        cells = {fill: {line["method"]: cell(line) for line in table}
+                 for fill, table in by_fill.items()}
+        methods = list(dict.fromkeys(m for fill in fills for m in cells.get(fill, {})))
+        lines = ["| " + " | ".join([head] + [f"{fill} fill" for fill in fills]) + " |",
+                 "|" + "---|" * (len(fills) + 1)]
+        lines += ["| " + " | ".join([method] + [cells.get(fill, {}).get(method, "-")
+                                               for fill in fills]) + " |"
+                  for method in methods]
+        return lines
+
+    lines = ["## Overview: average of Deletion and Insertion per metric fill", ""]
+    lines += grid("method", tables, lambda line: _cell(line, "average"))
+    lines += ["", (
+        f"(D + I) / 2, mean [{percent} CI] over the rows and distinct pairs of each fill's "
+        f"Table 1 below; lower is better. A fill can leave out rows that another keeps "
+        f"(an undefined fraction under that fill), so the columns need not count the same "
+        f"rows.")]
+    if paired and any(paired.values()):
+        reference = next(iter(t for t in paired.values() if t))[0]["reference"]
+
+        def difference(line: Mapping[str, Any]) -> str:
+            mean, low, high = line["average"], line["average_low"], line["average_high"]
+            counts = f"{line['lower']} / {line['higher']} / {line['tied']}"
+            if math.isnan(mean):
+                return "n/a"
+            if math.isnan(low):
+                return f"{mean:+.4f} [one pair: no interval]; {counts}"
+            return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]; {counts}"
+
+        lines += ["", f"### Paired with {reference}: average of Deletion and Insertion "
+                      f"per metric fill", ""]
+        lines += grid(f"method minus {reference}", paired, difference)
+        lines += ["", (
+            f"Each method minus {reference} on the same maps (each fill's paired table "
+            f"below), mean [{percent} CI, paired bootstrap over distinct pairs]; then the "
+            f"distinct pairs on which the method is lower / higher / tied. Negative: fewer "
+            f"pixels to flip the decision than {reference}; an interval that excludes 0 "
+            f"separates the two.")]
+    return "\n".join(lines) + "\n"
+
+
 def format_tables(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
                   paired: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                  level: float = 0.95) -> str:
+                  level: float = 0.95, overview: bool = True) -> str:
     """Markdown: one Table 1 per metric fill, each under a heading naming its fill.
 
     Args:
@@ -483,15 +554,19 @@ def format_tables(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
       paired: {metric fill: `paired_differences`'s table of that fill's
         rows}; each follows its fill's Table 1. None: no paired tables.
       level: the interval level `summarize` used, for the captions.
+      overview: with several fills, begin with `format_overview`'s
+        side-by-side averages (and paired differences).
 
     Returns:
-      For each fill: "## Table 1, metric fill: <fill>", a line saying what
+      With several fills and `overview`, `format_overview`'s section
+      first. For each fill: "## Table 1, metric fill: <fill>", a line saying what
       the fill puts in place of removed pixels, and `format_table`'s table;
       then, when `paired` has the fill, "### Paired with <reference>, metric
       fill: <fill>" and `format_paired`'s table; sections separated by a
       blank line.
     """
-    sections = []
+    sections = ([format_overview(tables, paired=paired, level=level)]
+                if overview and len(tables) > 1 else [])
     for fill, table in tables.items():
         text = FILL_TEXT.get(fill, "")
         sections.append(f"## Table 1, metric fill: {fill}\n\n"

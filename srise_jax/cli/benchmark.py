@@ -9,7 +9,8 @@
 
 A benchmark directory holds `run.json` (what was asked), `triplets.csv`,
 `results.csv` (one row per triplet, pair, side, method and metric fill,
-appended triplet by triplet), `table.md` (one Table 1 per metric fill),
+appended triplet by triplet), `table.md` (one Table 1 per metric fill,
+after an overview of every fill's averages side by side),
 `fills.png` (each method's mean and interval per metric fill), `curves.png`, `convergence.png` and `maps/tripletNNN.npz` for the first
 triplets. A rerun with the same settings skips the (triplet, method, metric
 fill) rows already written, so an interrupted run loses at most the triplet
@@ -86,11 +87,11 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         description="Run every method on the same triplets, score each map of every pair "
                     "the model accepts with the paper's Deletion and Insertion fractions "
                     "and the deletion/insertion AUCs, and write OUT/results.csv (one row "
-                    "per triplet, pair, side, method), OUT/table.md (Table 1 with 95%% "
+                    "per triplet, pair, side, method), OUT/table.md (Table 1 with 95% "
                     "bootstrap intervals over distinct pairs), OUT/fills.png (each "
                     "method's mean and interval per metric fill), OUT/curves.png and "
                     "OUT/convergence.png; with several --metric-fill, one Table 1 per "
-                    "fill. Rerunning with the same OUT resumes. "
+                    "fill after an overview of every fill's averages. Rerunning with the same OUT resumes. "
                     "--triplet-batch spreads batches of triplets over the devices; "
                     "--distributed spreads the triplets over processes on several hosts.")
     common.add_model_options(bench)
