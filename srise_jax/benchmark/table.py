@@ -12,7 +12,8 @@ removed pixels when it was scored (`metrics.METRIC_FILLS`; a row without
 the column, written before it existed, was scored with the mean fill).
 Scores under different fills are different measurements, so `summarize`
 refuses rows of several fills; `rows_by_fill` splits them and
-`format_tables` prints one Table 1 per fill under a heading naming it.
+`format_tables` prints one Table 1 per fill under a heading naming it,
+after `format_overview`'s averages of all fills side by side.
 """
 
 from __future__ import annotations
