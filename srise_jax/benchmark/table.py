@@ -521,7 +521,7 @@ def format_overview(tables: Mapping[str, Sequence[Mapping[str, Any]]], *,
         f"(an undefined fraction under that fill), so the columns need not count the same "
         f"rows.")]
     if paired and any(paired.values()):
-        reference = next(iter(t for t in paired.values() if t))[0]["reference"]
+        reference = next(t for t in paired.values() if t)[0]["reference"]
 
         def difference(line: Mapping[str, Any]) -> str:
             mean, low, high = line["average"], line["average_low"], line["average_high"]

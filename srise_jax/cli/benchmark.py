@@ -91,7 +91,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                     "bootstrap intervals over distinct pairs), OUT/fills.png (each "
                     "method's mean and interval per metric fill), OUT/curves.png and "
                     "OUT/convergence.png; with several --metric-fill, one Table 1 per "
-                    "fill after an overview of every fill's averages. Rerunning with the same OUT resumes. "
+                    "fill after an overview of every fill's averages. Rerunning with the "
+                    "same OUT resumes. "
                     "--triplet-batch spreads batches of triplets over the devices; "
                     "--distributed spreads the triplets over processes on several hosts.")
     common.add_model_options(bench)
